@@ -54,6 +54,12 @@ const project = new awscdk.AwsCdkConstructLibrary({
     'cdk-nag',
     '@cloud-copilot/iam-simulate',
     'fast-check',
+    'fast-xml-parser',
+    'fzstd',
+    'xz-decompress',
+    'unbzip2-stream',
+    's3rver',
+    '@types/s3rver',
   ],
   bin: { vmie: 'assets/vmie/index.js' },
 
