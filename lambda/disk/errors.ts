@@ -22,9 +22,24 @@ export class ImageFormatError extends Error {
   }
 }
 
-/** The input is well-formed but cannot be used (not a disk, needs a parent, encrypted, …). */
+/** What could be learned of an image that cannot be read. */
+export interface UnsupportedImageInfo {
+  readonly format?: string;
+  readonly subformat?: string;
+  readonly virtualSize?: number;
+}
+
+/**
+ * The input is recognised but its virtual bytes cannot be read here (descriptor-only or split
+ * VMDK, seSparse, an encrypted qcow2, …). `code` is the finding code from the catalogue
+ * (`findings.ts`) that explains it, and `info` what was learned on the way.
+ */
 export class UnsupportedImageError extends Error {
-  public constructor(message: string, public readonly code: string = 'UNSUPPORTED') {
+  public constructor(
+    message: string,
+    public readonly code: string = 'UNSUPPORTED',
+    public readonly info: UnsupportedImageInfo = {},
+  ) {
     super(message);
     this.name = 'UnsupportedImage';
   }
