@@ -1,5 +1,3 @@
-export class Hello {
-  public sayHello() {
-    return 'hello, world!';
-  }
-}
+export * from './service-role';
+export * from './import-bucket';
+export * from './export-bucket';

@@ -1,0 +1,43 @@
+import { Duration, Stack, Token } from 'aws-cdk-lib';
+import * as s3 from 'aws-cdk-lib/aws-s3';
+import { Construct } from 'constructs';
+
+/**
+ * Fails when `bucket` is known to be in another Region than the stack of `scope`: VM
+ * Import/Export answers "The given S3 bucket is not local to the Region". Unresolved Regions are
+ * never judged.
+ */
+export function checkBucketRegion(scope: Construct, bucket: s3.IBucket, what: string): void {
+  const stackRegion = Stack.of(scope).region;
+  const bucketRegion = bucket.env.region;
+  if (Token.isUnresolved(stackRegion) || Token.isUnresolved(bucketRegion)) return;
+  if (stackRegion !== bucketRegion) {
+    throw new Error(
+      `The ${what} ${bucket.node.path} is in ${bucketRegion}, but the stack is in ${stackRegion}: ` +
+        'VM Import/Export needs the bucket in the Region of the import or export ' +
+        '("The given S3 bucket is not local to the Region"). Use a bucket in the same Region.',
+    );
+  }
+}
+
+/**
+ * Fails when an export bucket is encrypted with a KMS key: VM Import/Export writes exports only to
+ * buckets encrypted with SSE-S3 (or unencrypted), and rejects SSE-KMS export buckets.
+ */
+export function checkExportBucketEncryption(bucket: s3.IBucket, what: string): void {
+  if (bucket.encryptionKey) {
+    throw new Error(
+      `The ${what} ${bucket.node.path} is encrypted with a KMS key, but VM Import/Export rejects ` +
+        'SSE-KMS export buckets. Use a bucket encrypted with S3-managed keys (SSE-S3).',
+    );
+  }
+}
+
+/** S3 lifecycle rules count whole days: a duration of less than a day, or not whole, is refused. */
+export function checkDays(d: Duration | undefined, prop: string): void {
+  if (!d || Token.isUnresolved(d.toSeconds())) return;
+  const days = d.toSeconds() / 86_400;
+  if (days < 1 || !Number.isInteger(days)) {
+    throw new Error(`${prop} is ${d.toHumanString()}, but S3 lifecycle rules count whole days: give Duration.days(n) with n >= 1.`);
+  }
+}
