@@ -321,17 +321,18 @@ class RoleGrants {
 
   public encryptionKey(key: kms.IKey): void {
     if (!this.once(this.keys, key.node.path, '')) return;
-    const reason = 'kms:GenerateDataKey* and kms:ReEncrypt* are the action groups the VM Import/Export User Guide lists, on exactly the keys given to the role';
-    acknowledgeActionWildcard(this.role, 'kms:GenerateDataKey*', reason);
-    acknowledgeActionWildcard(this.role, 'kms:ReEncrypt*', reason);
+    // The guide's kms:GenerateDataKey* and kms:ReEncrypt* groups, spelled out: the key-pair
+    // actions in the first group are never used for EBS snapshots.
     key.grant(
       this.role,
       'kms:CreateGrant',
       'kms:Decrypt',
       'kms:DescribeKey',
       'kms:Encrypt',
-      'kms:GenerateDataKey*',
-      'kms:ReEncrypt*',
+      'kms:GenerateDataKey',
+      'kms:GenerateDataKeyWithoutPlaintext',
+      'kms:ReEncryptFrom',
+      'kms:ReEncryptTo',
     );
   }
 

@@ -125,7 +125,7 @@ describe('VmieServiceRole', () => {
         { actions: ['s3:GetBucketAcl', 's3:GetBucketLocation', 's3:ListBucket'], resources: [{ 'Fn::GetAtt': [exportId, 'Arn'] }] },
         { actions: ['s3:GetObject', 's3:PutObject'], resources: [{ 'Fn::Join': ['', [{ 'Fn::GetAtt': [exportId, 'Arn'] }, '/*']] }] },
         {
-          actions: ['kms:CreateGrant', 'kms:Decrypt', 'kms:DescribeKey', 'kms:Encrypt', 'kms:GenerateDataKey*', 'kms:ReEncrypt*'],
+          actions: ['kms:CreateGrant', 'kms:Decrypt', 'kms:DescribeKey', 'kms:Encrypt', 'kms:GenerateDataKey', 'kms:GenerateDataKeyWithoutPlaintext', 'kms:ReEncryptFrom', 'kms:ReEncryptTo'],
           resources: [{ 'Fn::GetAtt': [keyId, 'Arn'] }],
         },
       ]),

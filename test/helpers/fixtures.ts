@@ -214,7 +214,8 @@ export function qemuInfo(file: string): { 'format': string; 'virtual-size': numb
 
 /** The virtual bytes of any image qemu can read, as `qemu-img convert -O raw` gives them. */
 export function qemuRaw(file: string, fmt?: string): string {
-  return cached(`${path.basename(file)}.${specKey(fs.statSync(file).size + ':' + fs.statSync(file).mtimeMs)}.as-raw`, (out) => {
+  const st = fs.statSync(file);
+  return cached(`${path.basename(file)}.${specKey(`${st.size}:${st.mtimeMs}:${fmt ?? 'probe'}`)}.as-raw`, (out) => {
     const args = ['convert', '-q'];
     if (fmt) args.push('-f', fmt);
     run('qemu-img', [...args, '-O', 'raw', file, out]);
