@@ -138,6 +138,10 @@ export const RULES = {
     severity: 'error',
     remedy: 'The qcow2 image keeps its data in an external file. Convert it to a self-contained image first.',
   },
+  QCOW2_UNSUPPORTED_FEATURE: {
+    severity: 'error',
+    remedy: 'The qcow2 image uses an incompatible feature or compression type this tool cannot read. Convert it with a current `qemu-img convert -O raw` (or to a stream-optimized VMDK) and upload the result.',
+  },
   // --- OVA ---
   OVA_CHUNKED: {
     severity: 'error',
@@ -162,6 +166,10 @@ export const RULES = {
     severity: 'convertible',
     awsError: 'ClientError: Unsupported OVA format',
     remedy: 'A disk in the OVA is gzip-compressed (ovf:compression). Let the workflow unpack and convert it, or export the VM again without compression.',
+  },
+  OVA_MANIFEST_MISMATCH: {
+    severity: 'warning',
+    remedy: 'The OVF descriptor does not match its digest in the manifest (.mf): the package was edited or damaged after export. Export the VM again, or regenerate the manifest after editing the descriptor.',
   },
   // --- size and count ---
   TOO_MANY_DISKS: {
@@ -222,6 +230,28 @@ export const RULES = {
   LVM_ROOT: {
     severity: 'info',
     remedy: 'The root is probably on LVM, which VM Import supports for Linux; nothing to do.',
+  },
+  PARTITION_TABLE_DAMAGED: {
+    severity: 'warning',
+    remedy: 'The partition table is inconsistent (partitions past the end of the disk or overlapping, a broken chain of logical partitions). Check it with `sfdisk --verify` or `gdisk`, repair it, and export the disk again; a partition past the end usually means the image was cut short.',
+  },
+  GPT_BACKUP_INVALID: {
+    severity: 'warning',
+    remedy: 'The backup GPT header at the last sector is missing or does not match the primary, usually because the disk was resized after partitioning. Move the backup table to the end of the disk (`sgdisk -e`, or write the table again with gdisk) and export again.',
+  },
+  EFI_FALLBACK_LOADER_MISSING: {
+    severity: 'warning',
+    remedy: 'Linux UEFI images need the fallback loader /EFI/BOOT/BOOTX64.EFI on the EFI System Partition. Install it (for GRUB: `grub-install --removable`, or copy shimx64.efi/grubx64.efi to /EFI/BOOT/BOOTX64.EFI) before export.',
+  },
+  // --- inspection ---
+  UNSUPPORTED_IMAGE: {
+    severity: 'error',
+    awsError: 'Disk validation failed [Unsupported specified file format]',
+    remedy: 'This variant of the format cannot be read here or imported. Convert the disk with the tool that made it (or `qemu-img convert`) to a stream-optimized VMDK, VHD or raw image, and upload that.',
+  },
+  OVA_IN_DISK_LIST: {
+    severity: 'error',
+    remedy: 'An OVA is a whole VM: import it alone, as the only disk container. To import several disk files as one VM, upload the disks themselves (VMDK, VHD, VHDX or raw).',
   },
 } as const satisfies Record<string, Rule>;
 
