@@ -1,20 +1,23 @@
 /**
- * vmie: the disk-image engine of the VM Import/Export constructs as a command, to check (and
- * later convert, import and export) an image on one's own machine before uploading it.
+ * vmie: the disk-image engine of the VM Import/Export constructs as a command, to check and
+ * convert an image on one's own machine before uploading it.
  *
  *   vmie inspect <file | s3://bucket/key> [--json]
+ *   vmie convert <input file> <output file> [--to vmdk|vhd|vhd-fixed|raw]
  *
  * Each subcommand is an entry of {@link COMMANDS}; the rest of this file is dispatch, help and
  * exit codes.
  */
 import { describeFlags, parseArgs, UsageError } from './args';
 import { EXIT, type CliIo, type Command } from './command';
+import { convertCommand } from './convert';
 import { inspectCommand } from './inspect';
 import { version } from '../../package.json';
 
 /** The subcommands, by name. */
 export const COMMANDS: Readonly<Record<string, Command>> = {
   [inspectCommand.name]: inspectCommand,
+  [convertCommand.name]: convertCommand,
 };
 
 const PROGRAM = 'vmie';

@@ -142,6 +142,33 @@ const OPENERS: Record<FormatId, (source: ByteSource) => Promise<DiskImage>> = {
   vdi: openVdi,
 };
 
+/**
+ * Opens a single disk image of any format the engine reads, recognised by its content, for
+ * reading its virtual bytes (conversion). OVA packages, compressed images and non-disks are
+ * refused with an {@link UnsupportedImageError} that says what to do instead.
+ */
+export async function openDiskImage(source: ByteSource): Promise<DiskImage> {
+  const found = await detect(source);
+  switch (found.kind) {
+    case 'disk':
+      return OPENERS[found.format](source);
+    case 'vmdk-descriptor':
+      return openVmdk(source); // throws the precise reason (descriptor only, split extents, ...)
+    case 'ova':
+      throw new UnsupportedImageError(
+        `${source.name} is an OVA package, not a single disk: VM Import takes OVA as it is; to convert its disks, extract them (tar -xf) and convert each.`,
+        'UNSUPPORTED_IMAGE',
+      );
+    case 'compressed':
+      throw new UnsupportedImageError(
+        `${source.name} is ${found.compression}-compressed: decompress it first, then convert the image inside.`,
+        'COMPRESSED_WRAPPER',
+      );
+    default:
+      throw new UnsupportedImageError(`${source.name} is not a disk image (${found.what}).`, 'NOT_A_DISK');
+  }
+}
+
 const IMPORT_FORMATS: Partial<Record<string, ImportFormat>> = {
   vmdk: 'VMDK',
   vhd: 'VHD',

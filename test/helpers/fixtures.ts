@@ -231,7 +231,9 @@ export function sampleMbrDisk(sizeMiB = 64): string {
       { sizeMiB: Math.floor(sizeMiB / 2), type: '83', bootable: true, fs: 'ext4' },
       { type: '83', randomSeed: 11 },
     ],
-    scatter: [1],
+    // Inside the ext4 partition but past its superblock and group descriptors, so the probes still
+    // see a filesystem while the readers meet data in an otherwise sparse region.
+    scatter: [20],
   });
 }
 
