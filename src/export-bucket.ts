@@ -3,7 +3,7 @@ import * as iam from 'aws-cdk-lib/aws-iam';
 import * as s3 from 'aws-cdk-lib/aws-s3';
 import { Construct } from 'constructs';
 import { ExportBucketAclProvider } from './private/export-acl-provider';
-import { checkDays } from './private/validation';
+import { accessLogSettings, lifecycleRules } from './private/validation';
 import { vmExportCanonicalId } from './private/vm-export-accounts';
 
 /**
@@ -139,31 +139,20 @@ export class VmExportBucket extends Construct {
           '(an SSE-KMS export bucket is rejected). Leave encryption unset or give BucketEncryption.S3_MANAGED.',
       );
     }
-    checkDays(props.abortIncompleteUploadsAfter, 'abortIncompleteUploadsAfter');
-    checkDays(props.expireExportsAfter, 'expireExportsAfter');
-    if (props.serverAccessLogsPrefix !== undefined && !props.serverAccessLogsBucket) {
-      throw new Error('serverAccessLogsPrefix is set but serverAccessLogsBucket is not: give the bucket that receives the logs.');
-    }
+    const lifecycle = lifecycleRules({
+      abortIncompleteUploadsAfter: props.abortIncompleteUploadsAfter,
+      expireAfter: props.expireExportsAfter,
+      expireAfterProp: 'expireExportsAfter',
+      expireRuleId: 'ExpireExports',
+      versioned: props.versioned,
+    });
+    const accessLogs = accessLogSettings(props.serverAccessLogsBucket, props.serverAccessLogsPrefix, 'vm-export-bucket/');
     this.exportGrant = props.exportGrant ?? VmExportGrant.BUCKET_POLICY;
     if (this.exportGrant === VmExportGrant.NONE && props.vmExportCanonicalId !== undefined) {
       throw new Error('vmExportCanonicalId is set but exportGrant is VmExportGrant.NONE: the id would not be used. Remove one of them.');
     }
     if (props.vmExportCanonicalId !== undefined && !Token.isUnresolved(props.vmExportCanonicalId) && !/^[0-9a-f]{64}$/.test(props.vmExportCanonicalId)) {
       throw new Error(`vmExportCanonicalId "${props.vmExportCanonicalId}" is not a canonical user id (64 lowercase hexadecimal digits).`);
-    }
-
-    const lifecycleRules: s3.LifecycleRule[] = [
-      {
-        id: 'AbortIncompleteUploads',
-        abortIncompleteMultipartUploadAfter: props.abortIncompleteUploadsAfter ?? Duration.days(7),
-      },
-    ];
-    if (props.expireExportsAfter) {
-      lifecycleRules.push({
-        id: 'ExpireExports',
-        expiration: props.expireExportsAfter,
-        noncurrentVersionExpiration: props.versioned ? props.expireExportsAfter : undefined,
-      });
     }
 
     this.bucket = new s3.Bucket(this, 'Resource', {
@@ -174,9 +163,8 @@ export class VmExportBucket extends Construct {
       objectOwnership: s3.ObjectOwnership.BUCKET_OWNER_PREFERRED,
       enforceSSL: true,
       versioned: props.versioned ?? false,
-      lifecycleRules,
-      serverAccessLogsBucket: props.serverAccessLogsBucket,
-      serverAccessLogsPrefix: props.serverAccessLogsBucket ? (props.serverAccessLogsPrefix ?? 'vm-export-bucket/') : undefined,
+      lifecycleRules: lifecycle,
+      ...accessLogs,
       removalPolicy: props.removalPolicy ?? RemovalPolicy.RETAIN,
     });
     this.bucketName = this.bucket.bucketName;

@@ -3,7 +3,7 @@ import * as iam from 'aws-cdk-lib/aws-iam';
 import * as kms from 'aws-cdk-lib/aws-kms';
 import * as s3 from 'aws-cdk-lib/aws-s3';
 import { Construct } from 'constructs';
-import { checkDays } from './private/validation';
+import { accessLogSettings, lifecycleRules } from './private/validation';
 
 /**
  * Properties of a {@link VmImportBucket}.
@@ -91,26 +91,15 @@ export class VmImportBucket extends Construct {
 
   public constructor(scope: Construct, id: string, props: VmImportBucketProps = {}) {
     super(scope, id);
-    checkDays(props.abortIncompleteUploadsAfter, 'abortIncompleteUploadsAfter');
-    checkDays(props.expireProcessedImagesAfter, 'expireProcessedImagesAfter');
-    if (props.serverAccessLogsPrefix !== undefined && !props.serverAccessLogsBucket) {
-      throw new Error('serverAccessLogsPrefix is set but serverAccessLogsBucket is not: give the bucket that receives the logs.');
-    }
-
-    const lifecycleRules: s3.LifecycleRule[] = [
-      {
-        id: 'AbortIncompleteUploads',
-        abortIncompleteMultipartUploadAfter: props.abortIncompleteUploadsAfter ?? Duration.days(7),
-      },
-    ];
-    if (props.expireProcessedImagesAfter) {
-      lifecycleRules.push({
-        id: 'ExpireProcessedImages',
-        tagFilters: { [VmImportBucket.PROCESSED_TAG_KEY]: 'true' },
-        expiration: props.expireProcessedImagesAfter,
-        noncurrentVersionExpiration: props.versioned ? props.expireProcessedImagesAfter : undefined,
-      });
-    }
+    const lifecycle = lifecycleRules({
+      abortIncompleteUploadsAfter: props.abortIncompleteUploadsAfter,
+      expireAfter: props.expireProcessedImagesAfter,
+      expireAfterProp: 'expireProcessedImagesAfter',
+      expireRuleId: 'ExpireProcessedImages',
+      expireTagFilters: { [VmImportBucket.PROCESSED_TAG_KEY]: 'true' },
+      versioned: props.versioned,
+    });
+    const accessLogs = accessLogSettings(props.serverAccessLogsBucket, props.serverAccessLogsPrefix, 'vm-import-bucket/');
 
     this.bucket = new s3.Bucket(this, 'Resource', {
       bucketName: props.bucketName,
@@ -121,9 +110,8 @@ export class VmImportBucket extends Construct {
       objectOwnership: s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
       enforceSSL: true,
       versioned: props.versioned ?? false,
-      lifecycleRules,
-      serverAccessLogsBucket: props.serverAccessLogsBucket,
-      serverAccessLogsPrefix: props.serverAccessLogsBucket ? (props.serverAccessLogsPrefix ?? 'vm-import-bucket/') : undefined,
+      lifecycleRules: lifecycle,
+      ...accessLogs,
       removalPolicy: props.removalPolicy ?? RemovalPolicy.RETAIN,
     });
     // EventBridge notifications in the bucket's own CloudFormation properties: the L2 option would

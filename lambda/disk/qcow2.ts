@@ -20,6 +20,7 @@ import { u64be } from './bytes';
 import { ImageFormatError, ImageReadError, UnsupportedImageError } from './errors';
 import { finding, type Finding } from './findings';
 import { readBlocks, type DiskImage, type Extent } from './image';
+import { remember } from './lru';
 import { readExact, type ByteSource } from './source';
 
 const MAGIC = 0x514649fb; // 'QFI\xfb'
@@ -501,21 +502,4 @@ function zstdFrame(b: Buffer): { length: number; contentSize?: number } {
   if (checksum) pos += 4;
   if (pos > b.length) throw new Error('the zstd frame is cut short');
   return { length: pos, ...(contentSize !== undefined ? { contentSize } : {}) };
-}
-
-/** A tiny LRU of promises: concurrent readers of one key share one fetch; failures are forgotten. */
-function remember<K>(cache: Map<K, Promise<Buffer>>, key: K, max: number, load: () => Promise<Buffer>): Promise<Buffer> {
-  const hit = cache.get(key);
-  if (hit) {
-    cache.delete(key);
-    cache.set(key, hit);
-    return hit;
-  }
-  const p = load();
-  cache.set(key, p);
-  p.catch(() => {
-    if (cache.get(key) === p) cache.delete(key);
-  });
-  while (cache.size > max) cache.delete(cache.keys().next().value as K);
-  return p;
 }

@@ -20,6 +20,7 @@ import { inflateSync } from 'node:zlib';
 import { ImageFormatError, ImageReadError, UnsupportedImageError } from './errors';
 import { finding, type Finding } from './findings';
 import { readBlocks, type DiskImage, type Extent } from './image';
+import { remember } from './lru';
 import { readExact, type ByteSource } from './source';
 import { looksLikeDescriptor, parseVmdkDescriptor, type VmdkDescriptor } from './vmdk-descriptor';
 
@@ -518,21 +519,4 @@ class SparseExtent {
     if (rest.length !== n) throw this.pastEnd(grain, sector);
     return rest;
   }
-}
-
-/** A tiny LRU of promises: concurrent readers of one key share one fetch; failures are forgotten. */
-function remember<K>(cache: Map<K, Promise<Buffer>>, key: K, max: number, load: () => Promise<Buffer>): Promise<Buffer> {
-  const hit = cache.get(key);
-  if (hit) {
-    cache.delete(key);
-    cache.set(key, hit);
-    return hit;
-  }
-  const p = load();
-  cache.set(key, p);
-  p.catch(() => {
-    if (cache.get(key) === p) cache.delete(key);
-  });
-  while (cache.size > max) cache.delete(cache.keys().next().value as K);
-  return p;
 }

@@ -41,3 +41,48 @@ export function checkDays(d: Duration | undefined, prop: string): void {
     throw new Error(`${prop} is ${d.toHumanString()}, but S3 lifecycle rules count whole days: give Duration.days(n) with n >= 1.`);
   }
 }
+
+/** What {@link lifecycleRules} needs to know of a bucket's props. */
+export interface LifecycleOptions {
+  readonly abortIncompleteUploadsAfter?: Duration;
+  /** When objects expire, and the name of the prop that says so (for messages). */
+  readonly expireAfter?: Duration;
+  readonly expireAfterProp: string;
+  readonly expireRuleId: string;
+  /** Only objects with these tags expire. */
+  readonly expireTagFilters?: Record<string, string>;
+  readonly versioned?: boolean;
+}
+
+/**
+ * The lifecycle rules of the library's buckets: incomplete multipart uploads are aborted (after 7
+ * days unless told otherwise), and objects expire when asked, with their earlier versions.
+ */
+export function lifecycleRules(o: LifecycleOptions): s3.LifecycleRule[] {
+  checkDays(o.abortIncompleteUploadsAfter, 'abortIncompleteUploadsAfter');
+  checkDays(o.expireAfter, o.expireAfterProp);
+  const rules: s3.LifecycleRule[] = [
+    { id: 'AbortIncompleteUploads', abortIncompleteMultipartUploadAfter: o.abortIncompleteUploadsAfter ?? Duration.days(7) },
+  ];
+  if (o.expireAfter) {
+    rules.push({
+      id: o.expireRuleId,
+      tagFilters: o.expireTagFilters,
+      expiration: o.expireAfter,
+      noncurrentVersionExpiration: o.versioned ? o.expireAfter : undefined,
+    });
+  }
+  return rules;
+}
+
+/** The server access log settings of a bucket: a prefix needs a bucket; the prefix has a default. */
+export function accessLogSettings(
+  bucket: s3.IBucket | undefined,
+  prefix: string | undefined,
+  defaultPrefix: string,
+): Pick<s3.BucketProps, 'serverAccessLogsBucket' | 'serverAccessLogsPrefix'> {
+  if (prefix !== undefined && !bucket) {
+    throw new Error('serverAccessLogsPrefix is set but serverAccessLogsBucket is not: give the bucket that receives the logs.');
+  }
+  return bucket ? { serverAccessLogsBucket: bucket, serverAccessLogsPrefix: prefix ?? defaultPrefix } : {};
+}
