@@ -2,9 +2,9 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ImageFormatError, UnsupportedImageError } from '../../lambda/disk/errors';
 import { openQcow2 } from '../../lambda/disk/qcow2';
-import { CachedSource, FileSource, type ByteSource } from '../../lambda/disk/source';
+import { CachedSource, FileSource } from '../../lambda/disk/source';
 import { cached, qemuConvert, qemuInfo, qemuRaw, run, sampleGptDisk, sampleMbrDisk, tempDir } from '../helpers/fixtures';
-import { expectMatchesQemu, extentBytes, firstDifference, randomSparseDisk, sparseHeadDisk } from '../helpers/sparse-reader-checks';
+import { expectMatchesQemu, extentBytes, firstDifference, randomSparseDisk, rejection, sparseHeadDisk, withFile } from '../helpers/sparse-reader-checks';
 
 const MiB = 1024 * 1024;
 
@@ -29,24 +29,6 @@ function qemuRawWithoutBacking(file: string, out: string): string {
   const spec = JSON.stringify({ driver: 'qcow2', backing: null, file: { driver: 'file', filename: file } });
   run('qemu-img', ['convert', '-q', '-O', 'raw', `json:${spec}`, out]);
   return out;
-}
-
-async function withFile<T>(file: string, f: (src: ByteSource) => Promise<T>): Promise<T> {
-  const src = await FileSource.open(file);
-  try {
-    return await f(src);
-  } finally {
-    await src.close();
-  }
-}
-
-async function rejection(p: Promise<unknown>): Promise<Error> {
-  try {
-    await p;
-  } catch (e) {
-    return e as Error;
-  }
-  throw new Error('expected a rejection, but the promise resolved');
 }
 
 /** A copy of `file` in `dir`, changed by `patch`. */

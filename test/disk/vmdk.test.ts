@@ -1,10 +1,10 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ImageFormatError, ImageReadError, UnsupportedImageError } from '../../lambda/disk/errors';
-import { BufferSource, CachedSource, FileSource, type ByteSource } from '../../lambda/disk/source';
+import { BufferSource, CachedSource, FileSource } from '../../lambda/disk/source';
 import { openVmdk, parseVmdkDescriptor } from '../../lambda/disk/vmdk';
 import { cached, qemuConvert, qemuInfo, run, sampleGptDisk, sampleMbrDisk, tempDir } from '../helpers/fixtures';
-import { expectMatchesQemu, extentBytes, firstDifference, randomSparseDisk, sparseHeadDisk } from '../helpers/sparse-reader-checks';
+import { expectMatchesQemu, extentBytes, firstDifference, randomSparseDisk, rejection, sparseHeadDisk, withFile } from '../helpers/sparse-reader-checks';
 import { buildVmwareStreamVmdk, vmwareStreamVmdk } from '../helpers/vmdk-builder';
 
 const MiB = 1024 * 1024;
@@ -14,26 +14,6 @@ const DISKS: Array<[string, () => string]> = [
   ['the sample GPT disk', () => sampleGptDisk()],
   ['pseudo-random data with holes', () => randomSparseDisk()],
 ];
-
-/** Opens a file, runs `f` on the source, and closes it. */
-async function withFile<T>(file: string, f: (src: ByteSource) => Promise<T>): Promise<T> {
-  const src = await FileSource.open(file);
-  try {
-    return await f(src);
-  } finally {
-    await src.close();
-  }
-}
-
-/** The error `p` rejects with (fails the test when it resolves). */
-async function rejection(p: Promise<unknown>): Promise<Error> {
-  try {
-    await p;
-  } catch (e) {
-    return e as Error;
-  }
-  throw new Error('expected a rejection, but the promise resolved');
-}
 
 /** A copy of `file` in `dir`, changed by `patch`. */
 function patched(file: string, dir: string, patch: (data: Buffer) => Buffer | void): string {

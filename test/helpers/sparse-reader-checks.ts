@@ -133,3 +133,23 @@ export function sparseHeadDisk(size: number): string {
     }
   });
 }
+
+/** Opens a file, runs `f` on the source, and closes it. */
+export async function withFile<T>(file: string, f: (src: ByteSource) => Promise<T>): Promise<T> {
+  const src = await FileSource.open(file);
+  try {
+    return await f(src);
+  } finally {
+    await src.close();
+  }
+}
+
+/** The error `p` rejects with (fails the test when it resolves). */
+export async function rejection(p: Promise<unknown>): Promise<Error> {
+  try {
+    await p;
+  } catch (e) {
+    return e as Error;
+  }
+  throw new Error('expected a rejection, but the promise resolved');
+}
