@@ -60,6 +60,10 @@ const project = new awscdk.AwsCdkConstructLibrary({
     'unbzip2-stream',
     's3rver',
     '@types/s3rver',
+    'aws-local-stepfunctions',
+    'asl-validator',
+    '@aws-sdk/client-sfn',
+    '@aws-sdk/client-imagebuilder',
   ],
   bin: { vmie: 'assets/vmie/index.js' },
 
