@@ -93,10 +93,10 @@ const bundle = project.addTask('bundle', {
 });
 bundle.exec('rm -rf assets');
 bundle.exec(
-  'esbuild lambda/handlers/*.ts --bundle --platform=node --target=node24 --format=cjs --minify --legal-comments=none --outdir=assets --entry-names=[name]/index --log-level=warning',
+  'esbuild lambda/handlers/*.ts --bundle --platform=node --target=node24 --format=cjs --minify --main-fields=module,main --legal-comments=none --outdir=assets --entry-names=[name]/index --log-level=warning',
 );
 bundle.exec(
-  'esbuild lambda/cli/vmie.ts --bundle --platform=node --target=node20 --format=cjs --minify --legal-comments=none --outfile=assets/vmie/index.js --banner:js="#!/usr/bin/env node" --log-level=warning',
+  'esbuild lambda/cli/vmie.ts --bundle --platform=node --target=node20 --format=cjs --minify --main-fields=module,main --legal-comments=none --outfile=assets/vmie/index.js --banner:js="#!/usr/bin/env node" --log-level=warning',
 );
 bundle.exec('chmod +x assets/vmie/index.js');
 
