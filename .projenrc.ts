@@ -64,6 +64,7 @@ const project = new awscdk.AwsCdkConstructLibrary({
     'asl-validator',
     '@aws-sdk/client-sfn',
     '@aws-sdk/client-imagebuilder',
+    '@aws-sdk/client-eventbridge',
   ],
   bin: { vmie: 'assets/vmie/index.js' },
 
@@ -93,10 +94,10 @@ const bundle = project.addTask('bundle', {
 });
 bundle.exec('rm -rf assets');
 bundle.exec(
-  'esbuild lambda/handlers/*.ts --bundle --platform=node --target=node24 --format=cjs --minify --main-fields=module,main --legal-comments=none --outdir=assets --entry-names=[name]/index --log-level=warning',
+  'esbuild lambda/handlers/*.ts --bundle --platform=node --target=node24 --format=cjs --minify --main-fields=module,main --supported:dynamic-import=false --legal-comments=none --outdir=assets --entry-names=[name]/index --log-level=warning',
 );
 bundle.exec(
-  'esbuild lambda/cli/vmie.ts --bundle --platform=node --target=node20 --format=cjs --minify --main-fields=module,main --legal-comments=none --outfile=assets/vmie/index.js --banner:js="#!/usr/bin/env node" --log-level=warning',
+  'esbuild lambda/cli/vmie.ts --bundle --platform=node --target=node20 --format=cjs --minify --main-fields=module,main --supported:dynamic-import=false --legal-comments=none --outfile=assets/vmie/index.js --banner:js="#!/usr/bin/env node" --log-level=warning',
 );
 bundle.exec('chmod +x assets/vmie/index.js');
 
@@ -118,7 +119,7 @@ project.eslint?.addOverride({
 });
 
 project.addTask('demo', {
-  description: 'Synthesize the example app to cdk.out and print what it creates',
+  description: 'Synthesize the example app, then import a sample image end to end against the local AWS, offline, and print the AMI',
   steps: [{ spawn: 'bundle' }, { exec: 'ts-node --transpile-only --project test/tsconfig.json test/demo/main.ts' }],
 });
 
