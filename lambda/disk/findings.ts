@@ -63,6 +63,10 @@ export const RULES = {
     severity: 'warning',
     remedy: 'The compressed stream could not be inspected beyond its first bytes; decompress it locally and run `vmie inspect` on the result.',
   },
+  COMPRESSED_TOO_LARGE: {
+    severity: 'error',
+    remedy: 'The compressed file holds a disk container (qcow2, VDI, VMDK, VHD or VHDX) that can only be read once decompressed in full, and it needs more space than is set aside for that. Decompress it before uploading and upload the image inside, or convert it locally with `vmie convert`.',
+  },
   // --- differencing and snapshots ---
   DIFFERENCING_DISK: {
     severity: 'error',

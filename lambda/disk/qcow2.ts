@@ -172,6 +172,12 @@ export async function openQcow2(source: ByteSource): Promise<DiskImage> {
     const len = buf.readUInt32BE(off + 4);
     if (type === EXT_END) break;
     if (off + 8 + len > extEnd) {
+      if (extEnd === source.size && off + 8 + len <= Math.min(backingOffset !== 0 ? backingOffset : clusterSize, clusterSize)) {
+        throw new ImageReadError(
+          `${name}: qcow2 header extension 0x${type.toString(16)} (${len} bytes at ${off}) runs past the end of the file (${source.size} bytes); the file is truncated`,
+          'TRUNCATED',
+        );
+      }
       throw new ImageFormatError(`${name}: qcow2 header extension 0x${type.toString(16)} (${len} bytes) runs past the first cluster`);
     }
     if (type === EXT_BACKING_FORMAT) {
@@ -348,7 +354,9 @@ class Qcow2Tables {
       throw new ImageFormatError(`${this.source.name}: an L2 table offset (${l2}) is not cluster-aligned`);
     }
     if (l2 + this.clusterSize > this.source.size) {
-      throw new ImageFormatError(`${this.source.name}: an L2 table at ${l2} lies past the end of the file (${this.source.size} bytes)`);
+      throw new ImageFormatError(
+        `${this.source.name}: an L2 table at ${l2} lies past the end of the file (${this.source.size} bytes): the file is truncated or its L1 table is damaged`,
+      );
     }
     return l2;
   }
@@ -370,7 +378,9 @@ class Qcow2Tables {
       const host = entry & ((1n << x) - 1n);
       const sectors = Number((entry >> x) & ((1n << BigInt(this.h.clusterBits - 8)) - 1n)) + 1;
       if (host >= size) {
-        throw new ImageFormatError(`${name}: the compressed cluster at virtual offset ${c * this.clusterSize} points at ${host}, past the end of the file`);
+        throw new ImageFormatError(
+          `${name}: the compressed cluster at virtual offset ${c * this.clusterSize} points at ${host}, past the end of the file (${this.source.size} bytes): the file is truncated or its L2 table is damaged`,
+        );
       }
       return { kind: 'compressed', host: Number(host), size: sectors * 512 - Number(host % 512n) };
     }
@@ -380,7 +390,9 @@ class Qcow2Tables {
         throw new ImageFormatError(`${name}: cluster at virtual offset ${c * this.clusterSize} has an unaligned host offset ${host}`);
       }
       if (host >= this.source.size) {
-        throw new ImageFormatError(`${name}: the cluster at virtual offset ${c * this.clusterSize} points at ${host}, past the end of the file (${this.source.size} bytes)`);
+        throw new ImageFormatError(
+          `${name}: the cluster at virtual offset ${c * this.clusterSize} points at ${host}, past the end of the file (${this.source.size} bytes): the file is truncated or its L2 table is damaged`,
+        );
       }
     };
     if (!this.h.extendedL2) {
@@ -436,14 +448,22 @@ class Qcow2Tables {
     return remember(this.clusters, c, MAX_CLUSTERS, async () => {
       const data = await this.source.read(host, Math.min(size, this.source.size - host));
       const where = `the compressed cluster at virtual offset ${c * this.clusterSize} (host offset ${host})`;
+      // The last cluster of a file may end before its last sector does; a file cut short ends
+      // inside the compressed data, which then does not decompress.
+      const cut = (): ImageReadError => new ImageReadError(
+        `${this.source.name}: ${where} runs past the end of the file (${this.source.size} bytes) and does not decompress; the file is truncated`,
+        'TRUNCATED',
+      );
       let out: Buffer;
       try {
         out = this.h.compressionType === 1 ? zstdCluster(data, this.clusterSize) : inflateCluster(data, this.clusterSize);
       } catch (e) {
+        if (data.length < size) throw cut();
         throw new ImageFormatError(`${this.source.name}: ${where} is corrupt: ${(e as Error).message}`, 'CORRUPT_CLUSTER');
       }
       const needed = Math.min(this.clusterSize, this.h.size - c * this.clusterSize);
       if (out.length < needed) {
+        if (data.length < size) throw cut();
         throw new ImageFormatError(`${this.source.name}: ${where} decompresses to ${out.length} bytes, not ${needed}`, 'CORRUPT_CLUSTER');
       }
       return out;

@@ -136,7 +136,14 @@ export async function openVdi(source: ByteSource): Promise<DiskImage> {
       checkRange(offset, length);
       return readBlocks(virtualSize, blockSize, offset, length, async (block, within, n) => {
         const at = await blockData(block);
-        return at === undefined ? undefined : readExact(source, at + within, n, `VDI block ${block}`);
+        if (at === undefined) return undefined;
+        if (at + within + n > size && size >= dataOffset + blocksAllocated * stride) {
+          // The file holds every block its header counts: the map entry is wrong, not the file short.
+          const index = (at - blockExtra - dataOffset) / stride;
+          throw new ImageFormatError(
+            `${name}: the VDI block map points block ${block} at data block ${index}, past the end of the file (${size} bytes)`);
+        }
+        return readExact(source, at + within, n, `VDI block ${block}`);
       });
     },
     extents(): AsyncIterable<Extent> {

@@ -421,6 +421,10 @@ async function openDynamic(
         const start = await blockStart(block);
         if (start === undefined) return undefined;
         const at = start + bitmapSize + within;
+        if (at + n > size && tailIsFooter) {
+          // The file ends with its footer, so it is whole: the BAT entry is wrong, not the file short.
+          throw new ImageFormatError(`${name}: the VHD BAT points block ${block} at offset ${start}, past the end of the file (${size} bytes)`);
+        }
         if (at + n > dataLimit && at + n <= size) {
           throw new ImageFormatError(`${name}: VHD block ${block} runs into the footer at the end of the file`);
         }

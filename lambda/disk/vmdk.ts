@@ -349,7 +349,13 @@ class SparseExtent {
     const sector = await this.grainSector(grain);
     if (sector === 0 || (sector === 1 && this.zeroGrainGte)) return undefined;
     const at = sector * SECTOR;
-    if (at >= this.source.size) throw this.pastEnd(grain, sector);
+    if (at >= this.source.size) {
+      const lba = grain * (this.grainBytes / SECTOR);
+      throw new ImageReadError(
+        `${this.source.name}: the grain table points LBA ${lba} at sector ${sector}, past the end of the file (${this.source.size} bytes): the file is truncated or its grain table is damaged`,
+        'TRUNCATED',
+      );
+    }
     if (!this.compressed) {
       return readExact(this.source, at + within, n, `grain ${grain}`);
     }

@@ -98,14 +98,15 @@ export async function writeZeros(sink: Sink, length: number): Promise<void> {
 }
 
 /**
- * Checks the chunk contract (ordered, not overlapping, inside the disk) as chunks go by.
+ * Checks the chunk contract (ordered, not overlapping, inside the disk, none below `from`) as
+ * chunks go by.
  */
-export async function* checkedChunks(input: WriterInput): AsyncIterable<WriterChunk> {
-  let end = 0;
+export async function* checkedChunks(input: WriterInput, from = 0): AsyncIterable<WriterChunk> {
+  let end = from;
   for await (const c of input.chunks) {
     if (!Number.isSafeInteger(c.offset) || c.offset < end || c.offset + c.data.length > input.virtualSize) {
       throw new RangeError(
-        `chunk at ${c.offset} (+${c.data.length}) is out of order, overlaps the previous one (ending at ${end}), or runs past the disk (${input.virtualSize} bytes)`,
+        `chunk at ${c.offset} (+${c.data.length}) is out of order, overlaps the previous one or the part already written (ending at ${end}), or runs past the disk (${input.virtualSize} bytes)`,
       );
     }
     if (c.data.length === 0) continue;
@@ -124,12 +125,13 @@ export interface Block {
 
 /**
  * Regroups ordered chunks into whole blocks of `blockSize`, yielding only blocks that some chunk
- * touches, in order. A block that lies inside one chunk is a view of it (no copy).
+ * touches, in order. A block that lies inside one chunk is a view of it (no copy). Chunks must lie
+ * at or above `from`.
  */
-export async function* blocksOf(input: WriterInput, blockSize: number): AsyncIterable<Block> {
+export async function* blocksOf(input: WriterInput, blockSize: number, from = 0): AsyncIterable<Block> {
   let index = -1;
   let buf: Buffer | undefined;
-  for await (const c of checkedChunks(input)) {
+  for await (const c of checkedChunks(input, from)) {
     let pos = c.offset;
     const end = c.offset + c.data.length;
     while (pos < end) {
@@ -155,10 +157,23 @@ export async function* blocksOf(input: WriterInput, blockSize: number): AsyncIte
   if (buf) yield { index, data: buf };
 }
 
+/** Where a suspended {@link FileSink}'s partial output lies (JSON-serialisable). */
+export interface FileSinkState {
+  /** The final name. */
+  readonly target: string;
+  /** The partial output. */
+  readonly tempPath: string;
+  /** Bytes taken: where the output continues. */
+  readonly position: number;
+}
+
 /**
  * A local file. Output goes to a temporary name beside the target and is renamed into place on
  * {@link close}; {@link abort}, and any failed write, remove it, so that no partial output is ever
  * left under either name. Zero runs passed to {@link skip} become holes.
+ *
+ * A paused conversion can {@link suspend} the sink: the file is closed and kept under its
+ * temporary name, and {@link FileSink.resume} (in this process or another) continues it.
  */
 export class FileSink implements SeekableSink, SparseSink {
   /** Opens a sink that will become `target` on close. */
@@ -169,10 +184,36 @@ export class FileSink implements SeekableSink, SparseSink {
     return new FileSink(target, temp, handle);
   }
 
+  /**
+   * Reopens the partial output of a suspended sink, positioned at `saved.position`. Bytes past that
+   * position (written after the state was taken) are cut off; a shorter file is a trailing hole.
+   */
+  public static async resume(saved: FileSinkState): Promise<FileSink> {
+    const { target, tempPath, position } = saved;
+    if (typeof target !== 'string' || typeof tempPath !== 'string' || !Number.isSafeInteger(position) || position < 0) {
+      throw new RangeError('a file sink state needs a target, a temporary path and a position');
+    }
+    if (path.dirname(tempPath) !== path.dirname(target)) {
+      throw new RangeError(`${tempPath} is not beside ${target}`);
+    }
+    const handle = await fs.open(tempPath, 'r+');
+    try {
+      const { size } = await handle.stat();
+      if (size > position) await handle.truncate(position);
+      const sink = new FileSink(target, tempPath, handle);
+      sink.pos = position;
+      sink.fileEnd = Math.min(size, position);
+      return sink;
+    } catch (e) {
+      await handle.close().catch(() => undefined);
+      throw e;
+    }
+  }
+
   private pos = 0;
   /** Bytes actually written to the file (the rest up to `pos` is a hole). */
   private fileEnd = 0;
-  private state: 'open' | 'closed' | 'aborted' = 'open';
+  private state: 'open' | 'closed' | 'aborted' | 'suspended' = 'open';
 
   private constructor(
     /** The final name. */
@@ -219,8 +260,24 @@ export class FileSink implements SeekableSink, SparseSink {
     });
   }
 
+  /**
+   * Closes the file and keeps the partial output under its temporary name, for
+   * {@link FileSink.resume}. The sink takes nothing more; {@link abort} no longer removes the file
+   * (resume it and abort that sink to discard it).
+   */
+  public async suspend(): Promise<FileSinkState> {
+    this.checkOpen();
+    await this.guard(async () => {
+      await this.handle.sync();
+      this.state = 'suspended';
+      await this.handle.close();
+    });
+    return { target: this.target, tempPath: this.tempPath, position: this.pos };
+  }
+
   public async abort(): Promise<void> {
-    // Once closed, the output is complete and no longer ours to remove; once aborted, it is gone.
+    // Once closed, the output is complete and no longer ours to remove; once aborted, it is gone;
+    // once suspended, it belongs to whoever resumes it.
     if (this.state !== 'open') return;
     this.state = 'aborted';
     await this.handle.close().catch(() => undefined);
@@ -244,8 +301,8 @@ export class FileSink implements SeekableSink, SparseSink {
     try {
       await op();
     } catch (e) {
-      if (this.state === 'closed') {
-        // The handle is closed but the rename failed: remove the temporary file.
+      if (this.state === 'closed' || this.state === 'suspended') {
+        // The handle is closed but the rename failed, or the close did: remove the temporary file.
         this.state = 'aborted';
         await fs.rm(this.tempPath, { force: true });
       } else {
@@ -264,6 +321,14 @@ export class BufferSink implements Sink {
   private readonly parts: Buffer[] = [];
   private pos = 0;
   private state: 'open' | 'closed' | 'aborted' = 'open';
+
+  /** A sink whose output starts with `prefix` (the output of a paused conversion, say). */
+  public constructor(prefix?: Buffer) {
+    if (prefix?.length) {
+      this.parts.push(Buffer.from(prefix));
+      this.pos = prefix.length;
+    }
+  }
 
   public get position(): number {
     return this.pos;
@@ -294,6 +359,12 @@ export class BufferSink implements Sink {
   /** The output, once closed. */
   public contents(): Buffer {
     if (this.state !== 'closed') throw new Error('the output is not complete');
+    return Buffer.concat(this.parts);
+  }
+
+  /** A copy of the bytes taken so far, while the sink is open (a paused conversion's output). */
+  public snapshot(): Buffer {
+    if (this.state !== 'open') throw new Error(`the sink is ${this.state}`);
     return Buffer.concat(this.parts);
   }
 }

@@ -19,10 +19,22 @@
  *
  * Everything is written in one pass, in order, so any sink will do. Grains are deflated on every
  * core (see `deflate-pool.ts`); memory is bounded by the grains in flight.
+ *
+ * Paused at virtual offset R (a multiple of the grain), every grain below R has been written and
+ * no compression job is running; the grain table being filled, the directory and the counters are
+ * the whole state. The state keeps the open table (2 KiB, packed), the directory up to its last
+ * entry written (4 bytes per 32 MiB of disk, deflated: a few KiB even for a 16 TiB disk), the
+ * bytes and grains written, the header's layout (descriptor and overhead sectors, for the footer's
+ * copy of the header), and what fixed the bytes already written and still to come: the CID,
+ * adapter, hardware version, file name and compression level.
  */
 import { randomBytes } from 'node:crypto';
+import { constants as zlibConstants } from 'node:zlib';
+import {
+  checkResumePoint, intField, objectField, oneOf, packBytes, sameOption, stringField, unpackBytes, type ResumeContext, type WriterSession,
+} from './checkpoint';
 import { deflateOrdered, type DeflateOptions } from './deflate-pool';
-import { blocksOf, type Sink, type WriteResult, type WriterInput } from './sink';
+import { blocksOf, type Sink, type WriteResult, type WriterChunk, type WriterInput } from './sink';
 import { isZero } from '../bytes';
 
 const SECTOR = 512;
@@ -123,6 +135,223 @@ function marker(numSectors: number, type: number): Buffer {
   return m;
 }
 
+/** The layout of a stream-optimized VMDK of `virtualSize` bytes. */
+function layoutOf(virtualSize: number) {
+  if (!Number.isSafeInteger(virtualSize) || virtualSize < 0) {
+    throw new RangeError(`invalid virtual size ${virtualSize}`);
+  }
+  const capacity = sectorsFor(virtualSize);
+  const totalGrains = Math.ceil(capacity / GRAIN_SECTORS);
+  const numGts = Math.ceil(totalGrains / GTES_PER_GT);
+  const gdSectors = Math.max(1, sectorsFor(numGts * 4));
+  if (1 + gdSectors + numGts * (1 + GT_SECTORS) > MAX_SECTOR) {
+    throw new RangeError(`a ${virtualSize}-byte disk is beyond what a stream-optimized VMDK can describe`);
+  }
+  return { capacity, totalGrains, numGts, gdSectors };
+}
+
+/** What fixes the bytes of the output besides the data: the descriptor's fields and the compression level. */
+interface VmdkSettings {
+  readonly cid: number;
+  readonly adapterType: VmdkAdapterType;
+  readonly hwVersion: number;
+  readonly fileName: string;
+  readonly level: number;
+}
+
+/** State of a paused stream-optimized VMDK. */
+export interface VmdkWriterState extends VmdkSettings {
+  readonly kind: 'vmdk';
+  /** Virtual offset the state was taken at. */
+  readonly resumeAt: number;
+  /** Sink position where the output began. */
+  readonly start: number;
+  /** Bytes of output so far. */
+  readonly written: number;
+  /** Grains written. */
+  readonly grains: number;
+  /** Sectors of the descriptor and of the whole header area (for the footer's copy of the header). */
+  readonly descriptorSectors: number;
+  readonly overHead: number;
+  /** The grain table being filled (-1 for none) and its entries, packed ('' for none). */
+  readonly gtIndex: number;
+  readonly gt: string;
+  /** Directory entries kept (up to the last one written) and those entries, packed. */
+  readonly gdEntries: number;
+  readonly gd: string;
+}
+
+/** A stream-optimized VMDK, written in segments. */
+export class VmdkStreamWriter implements WriterSession {
+  /** Starts an output: writes the header and descriptor. */
+  public static async begin(virtualSize: number, sink: Sink, options: VmdkStreamOptions = {}): Promise<VmdkStreamWriter> {
+    const layout = layoutOf(virtualSize);
+    const level = options.level ?? zlibConstants.Z_DEFAULT_COMPRESSION;
+    if (!Number.isInteger(level) || level < -1 || level > 9) throw new RangeError(`invalid zlib level ${level}`);
+    const settings: VmdkSettings = {
+      cid: (options.cid ?? randomBytes(4).readUInt32LE(0)) >>> 0,
+      adapterType: options.adapterType ?? 'lsilogic',
+      hwVersion: options.hwVersion ?? 4,
+      fileName: options.fileName ?? 'disk.vmdk',
+      level,
+    };
+    const descriptor = Buffer.from(streamDescriptor(layout.capacity, settings), 'utf8');
+    const descriptorSectors = sectorsFor(descriptor.length);
+    const overHead = Math.ceil((1 + descriptorSectors) / GRAIN_SECTORS) * GRAIN_SECTORS;
+    const writer = new VmdkStreamWriter(sink, virtualSize, settings, options.concurrency, descriptorSectors, overHead, sink.position, 0);
+    const head = Buffer.alloc(overHead * SECTOR);
+    sparseHeader(layout.capacity, descriptorSectors, overHead, 0xffffffffffffffffn).copy(head, 0);
+    descriptor.copy(head, SECTOR);
+    await writer.out.write(head);
+    return writer;
+  }
+
+  /**
+   * Continues the output a checkpoint's writer `state` describes. Options given again must agree
+   * with those the output was started with (a RangeError names the one that does not).
+   */
+  public static restore(state: unknown, ctx: ResumeContext, options: VmdkStreamOptions = {}): VmdkStreamWriter {
+    const s = objectField(state, 'the VMDK writer state');
+    oneOf(s.kind, ['vmdk'], 'the writer kind');
+    checkResumePoint(s, ctx);
+    const layout = layoutOf(ctx.virtualSize);
+    const settings: VmdkSettings = {
+      cid: intField(s.cid, 'the CID', 0, 0xffffffff),
+      adapterType: stringField(s.adapterType, 'the adapter type', 64) as VmdkAdapterType,
+      hwVersion: intField(s.hwVersion, 'the hardware version', 0, 0xffff),
+      fileName: stringField(s.fileName, 'the file name'),
+      level: intField(s.level, 'the compression level', -1, 9),
+    };
+    sameOption(options.cid === undefined ? undefined : options.cid >>> 0, settings.cid, 'CID');
+    sameOption(options.adapterType, settings.adapterType, 'adapter type');
+    sameOption(options.hwVersion, settings.hwVersion, 'hardware version');
+    sameOption(options.fileName, settings.fileName, 'file name');
+    sameOption(options.level, settings.level, 'compression level');
+
+    const start = intField(s.start, 'the output start', 0, ctx.sink.position);
+    const written = intField(s.written, 'the bytes written', 0);
+    if (written !== ctx.sink.position - start || written % SECTOR !== 0) {
+      throw new RangeError(`checkpoint: the VMDK writer wrote ${written} bytes from ${start}; the sink holds ${ctx.sink.position - start} since`);
+    }
+    const descriptorSectors = intField(s.descriptorSectors, 'the descriptor sectors', 1, 2 * GRAIN_SECTORS);
+    const overHead = intField(s.overHead, 'the header sectors', GRAIN_SECTORS, 3 * GRAIN_SECTORS);
+    if (overHead !== Math.ceil((1 + descriptorSectors) / GRAIN_SECTORS) * GRAIN_SECTORS || written < overHead * SECTOR) {
+      throw new RangeError('checkpoint: the VMDK header sectors do not fit the descriptor or the bytes written');
+    }
+    if (ctx.resumeAt % GRAIN !== 0) throw new RangeError(`checkpoint: a VMDK cannot resume at ${ctx.resumeAt}, inside a grain`);
+    const grains = intField(s.grains, 'the grains written', 0, ctx.resumeAt / GRAIN);
+    const gtIndex = intField(s.gtIndex, 'the open grain table', -1, layout.numGts - 1);
+    if (gtIndex * GTES_PER_GT * GRAIN >= Math.max(ctx.resumeAt, 1)) {
+      throw new RangeError(`checkpoint: grain table ${gtIndex} lies past the resume offset`);
+    }
+    const gt = gtIndex < 0 ? undefined : unpackBytes(s.gt, GT_SECTORS * SECTOR, 'the open grain table');
+    if (gtIndex < 0 && s.gt !== '') throw new RangeError('checkpoint: a grain table is given but none is open');
+    const gdEntries = intField(s.gdEntries, 'the directory entries', 0, layout.numGts);
+    const gd = Buffer.alloc(layout.gdSectors * SECTOR);
+    unpackBytes(s.gd, gdEntries * 4, 'the grain directory').copy(gd);
+
+    const writer = new VmdkStreamWriter(ctx.sink, ctx.virtualSize, settings, options.concurrency, descriptorSectors, overHead, start, written);
+    writer.grains = grains;
+    writer.gtIndex = gtIndex;
+    writer.gt = gt;
+    writer.gd = gd;
+    writer.gdEntries = gdEntries;
+    return writer;
+  }
+
+  private readonly out: Coalescer;
+  private readonly layout: ReturnType<typeof layoutOf>;
+  private gd: Buffer;
+  /** Directory entries up to the last one set. */
+  private gdEntries = 0;
+  private gt: Buffer | undefined;
+  private gtIndex = -1;
+  private grains = 0;
+
+  private constructor(
+    sink: Sink,
+    private readonly virtualSize: number,
+    private readonly settings: VmdkSettings,
+    private readonly concurrency: number | undefined,
+    private readonly descriptorSectors: number,
+    private readonly overHead: number,
+    private readonly start: number,
+    written: number,
+  ) {
+    this.layout = layoutOf(virtualSize);
+    this.out = new Coalescer(sink, written);
+    this.gd = Buffer.alloc(this.layout.gdSectors * SECTOR);
+  }
+
+  public async consume(chunks: AsyncIterable<WriterChunk>, from: number): Promise<void> {
+    const dataGrains = nonZero(blocksOf({ virtualSize: this.virtualSize, chunks }, GRAIN, from));
+    for await (const { item, result } of deflateOrdered(dataGrains, { level: this.settings.level, concurrency: this.concurrency })) {
+      const g = item.index;
+      const t = Math.floor(g / GTES_PER_GT);
+      if (t !== this.gtIndex) {
+        await this.flushGt();
+        this.gtIndex = t;
+        this.gt = Buffer.alloc(GT_SECTORS * SECTOR);
+      }
+      const at = checkedSector(this.sectorNow());
+      const rec = Buffer.alloc(Math.ceil((12 + result.length) / SECTOR) * SECTOR);
+      rec.writeBigUInt64LE(BigInt(g * GRAIN_SECTORS), 0);
+      rec.writeUInt32LE(result.length, 8);
+      result.copy(rec, 12);
+      await this.out.write(rec);
+      this.gt!.writeUInt32LE(at, (g % GTES_PER_GT) * 4);
+      this.grains++;
+    }
+  }
+
+  public async suspend(resumeAt: number): Promise<VmdkWriterState> {
+    if (resumeAt % GRAIN !== 0) throw new RangeError(`cannot pause a VMDK at ${resumeAt}, inside a grain`);
+    await this.out.flush();
+    return {
+      kind: 'vmdk',
+      resumeAt,
+      start: this.start,
+      written: this.out.written,
+      grains: this.grains,
+      ...this.settings,
+      descriptorSectors: this.descriptorSectors,
+      overHead: this.overHead,
+      gtIndex: this.gt ? this.gtIndex : -1,
+      gt: this.gt ? packBytes(this.gt) : '',
+      gdEntries: this.gdEntries,
+      gd: packBytes(this.gd.subarray(0, this.gdEntries * 4)),
+    };
+  }
+
+  public async finish(): Promise<WriteResult> {
+    await this.flushGt();
+    const { capacity, gdSectors, totalGrains } = this.layout;
+    await this.out.write(marker(gdSectors, MARKER_GD));
+    const gdOffset = checkedSector(this.sectorNow());
+    await this.out.write(this.gd);
+    await this.out.write(marker(1, MARKER_FOOTER));
+    await this.out.write(sparseHeader(capacity, this.descriptorSectors, this.overHead, BigInt(gdOffset)));
+    await this.out.write(marker(0, MARKER_EOS));
+    await this.out.flush();
+    return { bytesWritten: this.out.written, grainsWritten: this.grains, zeroGrainsSkipped: totalGrains - this.grains };
+  }
+
+  private sectorNow(): number {
+    if (this.out.written % SECTOR !== 0) throw new Error('stream-optimized VMDK output lost its sector alignment');
+    return this.out.written / SECTOR;
+  }
+
+  /** Writes the open grain table and points the directory at it. */
+  private async flushGt(): Promise<void> {
+    if (!this.gt) return;
+    await this.out.write(marker(GT_SECTORS, MARKER_GT));
+    this.gd.writeUInt32LE(checkedSector(this.sectorNow()), this.gtIndex * 4);
+    this.gdEntries = this.gtIndex + 1;
+    await this.out.write(this.gt);
+    this.gt = undefined;
+  }
+}
+
 /**
  * Writes the virtual disk of `input` to `sink` as a stream-optimized VMDK. Does not close the sink.
  */
@@ -131,73 +360,9 @@ export async function writeStreamOptimizedVmdk(
   sink: Sink,
   options: VmdkStreamOptions = {},
 ): Promise<WriteResult> {
-  if (!Number.isSafeInteger(input.virtualSize) || input.virtualSize < 0) {
-    throw new RangeError(`invalid virtual size ${input.virtualSize}`);
-  }
-  const capacity = sectorsFor(input.virtualSize);
-  const totalGrains = Math.ceil(capacity / GRAIN_SECTORS);
-  const numGts = Math.ceil(totalGrains / GTES_PER_GT);
-  const gdSectors = Math.max(1, sectorsFor(numGts * 4));
-  if (1 + gdSectors + numGts * (1 + GT_SECTORS) > MAX_SECTOR) {
-    throw new RangeError(`a ${input.virtualSize}-byte disk is beyond what a stream-optimized VMDK can describe`);
-  }
-
-  const descriptor = Buffer.from(streamDescriptor(capacity, options), 'utf8');
-  const descriptorSectors = sectorsFor(descriptor.length);
-  const overHead = Math.ceil((1 + descriptorSectors) / GRAIN_SECTORS) * GRAIN_SECTORS;
-  const out = new Coalescer(sink);
-  const sectorNow = (): number => {
-    if (out.written % SECTOR !== 0) throw new Error('stream-optimized VMDK output lost its sector alignment');
-    return out.written / SECTOR;
-  };
-
-  const head = Buffer.alloc(overHead * SECTOR);
-  sparseHeader(capacity, descriptorSectors, overHead, 0xffffffffffffffffn).copy(head, 0);
-  descriptor.copy(head, SECTOR);
-  await out.write(head);
-
-  const gd = Buffer.alloc(gdSectors * SECTOR);
-  let gt: Buffer | undefined;
-  let gtIndex = -1;
-  let grainsWritten = 0;
-
-  const flushGt = async (): Promise<void> => {
-    if (!gt) return;
-    await out.write(marker(GT_SECTORS, MARKER_GT));
-    gd.writeUInt32LE(checkedSector(sectorNow()), gtIndex * 4);
-    await out.write(gt);
-    gt = undefined;
-  };
-
-  const dataGrains = nonZero(blocksOf(input, GRAIN));
-  for await (const { item, result } of deflateOrdered(dataGrains, options)) {
-    const g = item.index;
-    const t = Math.floor(g / GTES_PER_GT);
-    if (t !== gtIndex) {
-      await flushGt();
-      gtIndex = t;
-      gt = Buffer.alloc(GT_SECTORS * SECTOR);
-    }
-    const at = checkedSector(sectorNow());
-    const rec = Buffer.alloc(Math.ceil((12 + result.length) / SECTOR) * SECTOR);
-    rec.writeBigUInt64LE(BigInt(g * GRAIN_SECTORS), 0);
-    rec.writeUInt32LE(result.length, 8);
-    result.copy(rec, 12);
-    await out.write(rec);
-    gt!.writeUInt32LE(at, (g % GTES_PER_GT) * 4);
-    grainsWritten++;
-  }
-  await flushGt();
-
-  await out.write(marker(gdSectors, MARKER_GD));
-  const gdOffset = checkedSector(sectorNow());
-  await out.write(gd);
-  await out.write(marker(1, MARKER_FOOTER));
-  await out.write(sparseHeader(capacity, descriptorSectors, overHead, BigInt(gdOffset)));
-  await out.write(marker(0, MARKER_EOS));
-
-  await out.flush();
-  return { bytesWritten: out.written, grainsWritten, zeroGrainsSkipped: totalGrains - grainsWritten };
+  const writer = await VmdkStreamWriter.begin(input.virtualSize, sink, options);
+  await writer.consume(input.chunks, 0);
+  return writer.finish();
 }
 
 function checkedSector(sector: number): number {
@@ -215,12 +380,14 @@ async function* nonZero<T extends { readonly data: Buffer }>(blocks: AsyncIterab
 /** Joins small writes into runs of about 1 MiB, so that a sink sees few, large writes. */
 class Coalescer {
   private static readonly RUN = 1024 * 1024;
-  /** Bytes handed to this writer so far. */
-  public written = 0;
   private pending: Buffer[] = [];
   private pendingBytes = 0;
 
-  public constructor(private readonly sink: Sink) {}
+  public constructor(
+    private readonly sink: Sink,
+    /** Bytes handed to this writer so far. */
+    public written = 0,
+  ) {}
 
   public async write(buf: Buffer): Promise<void> {
     this.pending.push(buf);
