@@ -1,8 +1,11 @@
 import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import * as zlib from 'node:zlib';
+import { GetObjectCommand } from '@aws-sdk/client-s3';
 import { ASSETS_DIR } from '../helpers/bundles';
 import { qemuConvert, run, sampleGptDisk, sampleMbrDisk, tempDir } from '../helpers/fixtures';
+import { startLocalS3, type LocalS3 } from '../helpers/local-s3';
 
 const bundle = path.join(ASSETS_DIR, 'vmie', 'index.js');
 let work: { dir: string; cleanup: () => void };
@@ -78,5 +81,66 @@ describe('vmie convert (bundled)', () => {
     expect(results[1].stderr).toMatch(/--to qcow2 is not one of vmdk, vhd, vhd-fixed, raw/);
     expect(fs.existsSync(out)).toBe(false);
     expect(fs.readdirSync(work.dir).filter((f) => f.includes('partial'))).toEqual([]);
+  });
+});
+
+describe('vmie convert with S3 and compressed inputs (bundled, against the local S3)', () => {
+  let s3: LocalS3;
+  beforeAll(async () => {
+    s3 = await startLocalS3(['images']);
+  });
+  afterAll(async () => s3?.close());
+
+  /** Runs the bundle with the local S3's environment. */
+  function vmieS3(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+    return new Promise((resolve) => {
+      execFile(process.execPath, [bundle, ...args], { env: { PATH: process.env.PATH ?? '', ...s3.env }, maxBuffer: 16 << 20 }, (error, stdout, stderr) => {
+        resolve({ code: error ? (typeof error.code === 'number' ? error.code : -1) : 0, stdout, stderr });
+      });
+    });
+  }
+
+  async function download(key: string, file: string): Promise<void> {
+    const got = await s3.client.send(new GetObjectCommand({ Bucket: 'images', Key: key }));
+    fs.writeFileSync(file, Buffer.from(await got.Body!.transformToByteArray()));
+  }
+
+  test('a gzip-compressed qcow2 in S3 to a stream-optimized VMDK in S3 (multipart), identical to the original', async () => {
+    // GIVEN
+    const qcow2 = qemuConvert(sampleGptDisk(), 'qcow2');
+    const gz = path.join(work.dir, 'disk.qcow2.gz');
+    fs.writeFileSync(gz, zlib.gzipSync(fs.readFileSync(qcow2)));
+    await s3.upload('images', 'in/disk.qcow2.gz', gz);
+    // WHEN
+    const r = await vmieS3(['convert', 's3://images/in/disk.qcow2.gz', 's3://images/out/disk.vmdk']);
+    // THEN
+    expect(r.stderr).not.toMatch(/vmie:/);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/from qcow2 \(v3\), gzip-compressed/);
+    const local = path.join(work.dir, 'from-s3.vmdk');
+    await download('out/disk.vmdk', local);
+    expect(run('qemu-img', ['compare', qcow2, local])).toMatch(/Images are identical/);
+    expect(run('qemu-img', ['check', local])).toMatch(/No errors were found/);
+    expect(await s3.listUploads('images')).toEqual([]);
+  });
+
+  test('a local raw disk to S3 as a fixed VHD; an unconvertible input leaves no upload behind', async () => {
+    // GIVEN
+    const raw = sampleMbrDisk();
+    // WHEN
+    const ok = await vmieS3(['convert', raw, 's3://images/out/disk.vhd', '--to', 'vhd-fixed']);
+    const junk = path.join(work.dir, 'junk.img.gz');
+    fs.writeFileSync(junk, zlib.gzipSync(Buffer.from('not a disk image at all')).subarray(0, 20));
+    const bad = await vmieS3(['convert', junk, 's3://images/out/junk.vmdk']);
+    // THEN
+    expect(ok.code).toBe(0);
+    const local = path.join(work.dir, 'from-s3.vhd');
+    await download('out/disk.vhd', local);
+    // qemu sizes VHDs from their CHS geometry unless told to trust the size field.
+    expect(run('qemu-img', ['compare', '-f', 'raw', raw, `json:{"driver":"vpc","force_size_calc":"current_size","file":{"driver":"file","filename":"${local}"}}`])).toMatch(/Images are identical/);
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toMatch(/cannot convert/);
+    expect(await s3.listUploads('images')).toEqual([]);
+    await expect(s3.client.send(new GetObjectCommand({ Bucket: 'images', Key: 'out/junk.vmdk' }))).rejects.toThrow();
   });
 });
