@@ -3,8 +3,9 @@
  * says whether VM Import takes it as it is, needs it converted, or cannot take it at all.
  *
  * Input: `{ bucket, key, versionId? }` for one object (a disk image or an OVA), or
- * `{ disks: [{ bucket, key, versionId? }, ...] }` for the disk objects of one VM, boot disk first.
- * Output: the verdict and the whole inspection report. An image that cannot be imported even
+ * `{ disks: [{ bucket, key, versionId? }, ...] }` for the disk objects of one VM, boot disk first,
+ * or the workflow's task payload `{ state: { request: { disks } }, execution }`.
+ * Output: the verdict, the disks to import when importable as is, and the whole inspection report. An image that cannot be imported even
  * after conversion fails the step with an error named `UnsupportedImage`, whose message carries
  * the worst findings and their remedies; a missing or unreadable object fails with
  * `ObjectNotFound` or `AccessDenied`.
@@ -17,6 +18,12 @@ import { S3Source } from '../aws/s3-source';
 import { UnsupportedImageError } from '../disk/errors';
 import type { Finding } from '../disk/findings';
 import { inspect, inspectDisks, type ImportFormat, type InspectionReport } from '../disk/inspect';
+import { InvalidInputError } from '../workflow/errors';
+import type { ImportDisk } from '../workflow/payload';
+
+export { InvalidInputError } from '../workflow/errors';
+/** The prepare step of the import workflow, bundled with validate (both read S3). */
+export { prepare } from '../workflow/prepare';
 
 /** One S3 object. */
 export interface ObjectRef {
@@ -26,7 +33,10 @@ export interface ObjectRef {
 }
 
 /** The input of the validate step. */
-export type ValidateEvent = ObjectRef | { readonly disks: readonly ObjectRef[] };
+export type ValidateEvent =
+  | ObjectRef
+  | { readonly disks: readonly ObjectRef[] }
+  | { readonly state: { readonly request: { readonly disks: readonly ObjectRef[] } }; readonly execution: unknown };
 
 /** An object as it was read: its version and ETag pin what later steps must use. */
 export interface ObjectRead extends ObjectRef {
@@ -50,18 +60,12 @@ export interface ValidateResult {
   readonly bootMode?: 'legacy-bios' | 'uefi';
   /** The objects read, in order (one, or the disk objects of the VM). */
   readonly objects: readonly ObjectRead[];
+  /** The disks to import, in order, with their Format: present when the image is importable as it is. */
+  readonly importDisks?: readonly ImportDisk[];
   /** The codes of every finding, worst first. */
   readonly findingCodes: readonly string[];
   /** The whole inspection report. */
   readonly report: InspectionReport;
-}
-
-/** The input is not of the expected shape. */
-export class InvalidInputError extends Error {
-  public constructor(message: string) {
-    super(message);
-    this.name = 'InvalidInput';
-  }
 }
 
 /** The longest message an UnsupportedImage error carries (Step Functions keeps the cause short). */
@@ -118,6 +122,7 @@ export async function handler(event: ValidateEvent): Promise<ValidateResult> {
       ...(report.virtualSize !== undefined ? { virtualSize: report.virtualSize } : {}),
       ...(report.bootMode ? { bootMode: report.bootMode } : {}),
       objects,
+      ...(report.importable ? { importDisks: importDisksOf(objects, report) } : {}),
       findingCodes: report.findings.map((f) => f.code),
       report,
     };
@@ -127,6 +132,13 @@ export async function handler(event: ValidateEvent): Promise<ValidateResult> {
 }
 
 function objectsOf(event: ValidateEvent): ObjectRef[] {
+  if (event && typeof event === 'object' && 'state' in event) {
+    const disks = (event.state as { request?: { disks?: unknown } } | undefined)?.request?.disks;
+    if (!Array.isArray(disks) || disks.length === 0) {
+      throw new InvalidInputError('the task payload needs "state.request.disks" (written by the prepare step)');
+    }
+    return disks.map((d, i) => checkRef(d as ObjectRef, `state.request.disks[${i}]`));
+  }
   if (event && typeof event === 'object' && 'disks' in event) {
     if (!Array.isArray(event.disks) || event.disks.length === 0) {
       throw new InvalidInputError('"disks" must be a non-empty list of { bucket, key } objects');
@@ -144,6 +156,19 @@ function checkRef(ref: ObjectRef, where: string): ObjectRef {
     throw new InvalidInputError(`${where}: "versionId" must be a string`);
   }
   return { bucket: ref.bucket, key: ref.key, ...(ref.versionId ? { versionId: ref.versionId } : {}) };
+}
+
+/** The disk containers of an importable image: the OVA itself, or each disk object with its own Format. */
+function importDisksOf(objects: readonly ObjectRead[], report: InspectionReport): ImportDisk[] {
+  if (objects.length === 1) {
+    const format = report.importFormat;
+    return format ? [{ bucket: objects[0].bucket, key: objects[0].key, format }] : [];
+  }
+  return objects.map((o, i) => {
+    const format = report.disks[i]?.importFormat ?? report.importFormat;
+    if (!format) throw new Error(`disk ${i} (s3://${o.bucket}/${o.key}) is importable but has no Format`);
+    return { bucket: o.bucket, key: o.key, format };
+  });
 }
 
 /** The error that stops the workflow: the worst findings, each with its remedy. */
