@@ -4,6 +4,8 @@
  *
  *   vmie inspect <file | s3://bucket/key> [--json]
  *   vmie convert <input file> <output file> [--to vmdk|vhd|vhd-fixed|raw]
+ *   vmie import <s3://bucket/key> [--follow]
+ *   vmie export <ami-id | i-id> [--format vmdk|vhd|raw|ova] [--follow]
  *
  * Each subcommand is an entry of {@link COMMANDS}; the rest of this file is dispatch, help and
  * exit codes.
@@ -12,12 +14,15 @@ import { describeFlags, parseArgs, UsageError } from './args';
 import { EXIT, type CliIo, type Command } from './command';
 import { convertCommand } from './convert';
 import { inspectCommand } from './inspect';
+import { exportCommand, importCommand } from './workflow';
 import { version } from '../../package.json';
 
 /** The subcommands, by name. */
 export const COMMANDS: Readonly<Record<string, Command>> = {
   [inspectCommand.name]: inspectCommand,
   [convertCommand.name]: convertCommand,
+  [importCommand.name]: importCommand,
+  [exportCommand.name]: exportCommand,
 };
 
 const PROGRAM = 'vmie';
@@ -42,7 +47,7 @@ export function usage(command?: Command): string {
   return [
     `Usage: ${PROGRAM} <command> [options]`,
     '',
-    'Checks VM disk images for AWS VM Import/Export.',
+    'Checks, converts, imports and exports VM disk images for AWS VM Import/Export.',
     '',
     'Commands:',
     ...names.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`),

@@ -1,31 +1,38 @@
 /**
- * The example app of the README: a service role, an import bucket and an export bucket, wired.
+ * The example app of the README: VM Import/Export in one construct, with a few import defaults.
  */
-import { App, CfnOutput, Stack, StackProps } from 'aws-cdk-lib';
+import { App, CfnOutput, Environment, Stack, StackProps } from 'aws-cdk-lib';
 import { Construct } from 'constructs';
-import { VmExportBucket, VmieServiceRole, VmImportBucket } from '../../src';
+import { LicenseType, VmImportExport } from '../../src';
 
-/** A stack with everything VM Import/Export needs. */
+/** A stack with everything VM Import/Export needs: an image uploaded to its import bucket becomes an AMI. */
 export class VmImportExportExampleStack extends Stack {
+  public readonly vmie: VmImportExport;
+
   public constructor(scope: Construct, id: string, props?: StackProps) {
     super(scope, id, props);
-    const importBucket = new VmImportBucket(this, 'ImportBucket');
-    const exportBucket = new VmExportBucket(this, 'ExportBucket');
-    const role = new VmieServiceRole(this, 'ServiceRole', {
-      importBuckets: [importBucket.bucket],
-      exportBuckets: [exportBucket.bucket],
+    this.vmie = new VmImportExport(this, 'Vie', {
+      importDefaults: {
+        licenseType: LicenseType.BYOL,
+        tags: { Team: 'platform', CostCenter: 'vm-migration' },
+      },
     });
-    new CfnOutput(this, 'ServiceRoleName', { value: role.roleName, description: 'Pass as RoleName to ImportImage and ExportImage' });
-    new CfnOutput(this, 'ImportBucketName', { value: importBucket.bucketName });
-    new CfnOutput(this, 'ExportBucketName', { value: exportBucket.bucketName });
+    new CfnOutput(this, 'ImportBucketName', { value: this.vmie.importBucket.bucketName, description: 'Upload images here to import them' });
+    new CfnOutput(this, 'ImportStateMachineArn', { value: this.vmie.importWorkflow.stateMachine.stateMachineArn });
+    if (this.vmie.exportWorkflow) {
+      new CfnOutput(this, 'ExportStateMachineArn', { value: this.vmie.exportWorkflow.stateMachine.stateMachineArn });
+    }
   }
 }
 
-/** Builds the example app; `outdir` is where the cloud assembly goes. */
-export function exampleApp(outdir?: string): { app: App; stack: VmImportExportExampleStack } {
+/**
+ * Builds the example app; `outdir` is where the cloud assembly goes, `env` the stack's account and
+ * Region (by default those of the CDK environment, else placeholders).
+ */
+export function exampleApp(outdir?: string, env?: Environment): { app: App; stack: VmImportExportExampleStack } {
   const app = new App({ outdir });
   const stack = new VmImportExportExampleStack(app, 'VmImportExportExample', {
-    env: { account: process.env.CDK_DEFAULT_ACCOUNT ?? '111111111111', region: process.env.CDK_DEFAULT_REGION ?? 'eu-west-1' },
+    env: env ?? { account: process.env.CDK_DEFAULT_ACCOUNT ?? '111111111111', region: process.env.CDK_DEFAULT_REGION ?? 'eu-west-1' },
   });
   return { app, stack };
 }
