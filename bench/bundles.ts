@@ -33,7 +33,7 @@ export async function run(): Promise<BenchResult> {
     const times = Array.from({ length: LOADS }, () => loadMs(file)).sort((a, b) => a - b);
     const median = times[Math.floor(LOADS / 2)];
     return {
-      bundle: name,
+      'bundle': name,
       'KiB': Math.round(bytes / 1024),
       'load ms (median)': Number(median.toFixed(1)),
       'load ms (max)': Number(times[LOADS - 1].toFixed(1)),

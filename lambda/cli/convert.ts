@@ -97,7 +97,11 @@ export const convertCommand: Command = {
       try {
         const image = opened.image;
         const sink: Sink = outS3
-          ? await S3MultipartSink.create(s3!, { bucket: outS3.bucket, key: outS3.key, partSize: choosePartSize(maxOutputSize(image.virtualSize, to)) })
+          ? await S3MultipartSink.create(s3!, {
+            bucket: outS3.bucket,
+            key: outS3.key,
+            partSize: choosePartSize(maxOutputSize(image.virtualSize, to)),
+          })
           : await FileSink.create(output);
         const progress = new Progress(io, Boolean(process.stderr.isTTY) && !io.env.CI);
         const started = Date.now();

@@ -157,8 +157,8 @@ export const importCommand: Command = {
   ],
   flags: {
     ...COMMON_FLAGS,
-    'mode': { value: true, valueName: 'mode', help: 'image (ImportImage, default) or snapshot (ImportSnapshot + RegisterImage)' },
-    'name': { value: true, valueName: 'ami-name', help: 'the AMI\'s name' },
+    mode: { value: true, valueName: 'mode', help: 'image (ImportImage, default) or snapshot (ImportSnapshot + RegisterImage)' },
+    name: { value: true, valueName: 'ami-name', help: 'the AMI\'s name' },
   },
   async run(args, io) {
     if (args.positionals.length === 0) throw new UsageError('import needs the s3:// URL of an image');

@@ -148,7 +148,8 @@ export async function handler(event: Payload<{ conversion?: ConversionState }>, 
       if (!result.done) {
         const { state, tail: rest } = await sink.checkpoint();
         log({ message: 'conversion paused', unit: u, bytesDone: result.bytesDone, total: input.image.virtualSize, ms: Date.now() - started });
-        return await pause(client, conv, checkpointRef, { version: 1, unit: u, outputs, convert: result.checkpoint, sink: state }, rest, u, units.length, result.bytesDone, input.image.virtualSize);
+        const paused: CheckpointDoc = { version: 1, unit: u, outputs, convert: result.checkpoint, sink: state };
+        return await pause(client, conv, checkpointRef, paused, rest, u, units.length, result.bytesDone, input.image.virtualSize);
       }
       log({ message: 'disk converted', unit: u, output: `s3://${conv.outputBucket}/${key}`, bytesWritten: result.result.bytesWritten, ms: Date.now() - started });
       outputs.push({ bucket: conv.outputBucket, key, format: 'VMDK' });
