@@ -5,7 +5,7 @@ import { ImageFormatError, ImageReadError, UnsupportedImageError } from '../../l
 import {
   compressedCopy, concatenated, EXT, KINDS, MiB, patchedCopy, runPipeline, sampleDisk, sliceOf, type PipelineOutcome,
 } from '../helpers/convert-inputs';
-import { cached, pseudoRandom, qemuConvert, run, tempDir } from '../helpers/fixtures';
+import { cached, pseudoRandom, qemuConvert, qemuLuksQcow2, run, tempDir } from '../helpers/fixtures';
 import { tarBuffer } from '../helpers/ova-builder';
 import { fixVhdSum, utf16be } from '../helpers/vhd-family';
 import { vmwareStreamVmdk } from '../helpers/vmdk-builder';
@@ -228,9 +228,7 @@ const CASES: Case[] = [
   // --- encryption ---
   [
     'encrypted qcow2 (LUKS)',
-    () => cached('empty-16M-luks.qcow2', (f) => {
-      run('qemu-img', ['create', '-q', '-f', 'qcow2', '--object', 'secret,id=sec0,data=abc', '-o', 'encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=250', f, '16M']);
-    }),
+    () => qemuLuksQcow2(),
     { type: UnsupportedImageError, code: 'QCOW2_ENCRYPTED', message: /encrypted qcow2 image \(LUKS\)/, stage: 'open' },
   ],
   // --- compressed inputs that hold no convertible disk ---

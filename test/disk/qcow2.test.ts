@@ -3,7 +3,7 @@ import * as path from 'node:path';
 import { ImageFormatError, UnsupportedImageError } from '../../lambda/disk/errors';
 import { openQcow2 } from '../../lambda/disk/qcow2';
 import { CachedSource, FileSource } from '../../lambda/disk/source';
-import { cached, qemuConvert, qemuInfo, qemuRaw, run, sampleGptDisk, sampleMbrDisk, tempDir } from '../helpers/fixtures';
+import { cached, qemuConvert, qemuInfo, qemuLuksQcow2, qemuRaw, run, sampleGptDisk, sampleMbrDisk, tempDir } from '../helpers/fixtures';
 import { expectMatchesQemu, extentBytes, firstDifference, randomSparseDisk, rejection, sparseHeadDisk, withFile } from '../helpers/sparse-reader-checks';
 
 const MiB = 1024 * 1024;
@@ -154,9 +154,7 @@ describe('qcow2 reader', () => {
     test('an encrypted (LUKS) image throws QCOW2_ENCRYPTED with its size', async () => {
       // GIVEN
       // (A short key-derivation benchmark keeps this fast; below ~100 ms qemu cannot time it under load.)
-      const file = cached('empty-16M-luks.qcow2', (f) => {
-        run('qemu-img', ['create', '-q', '-f', 'qcow2', '--object', 'secret,id=sec0,data=abc', '-o', 'encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=250', f, '16M']);
-      });
+      const file = qemuLuksQcow2();
       // WHEN
       const err = await rejection(withFile(file, openQcow2));
       // THEN

@@ -249,3 +249,22 @@ export function sampleGptDisk(sizeMiB = 96): string {
     scatter: [50, 70],
   });
 }
+
+/**
+ * An empty qcow2 of `size` encrypted with LUKS (secret `abc`), cached. qemu-img times its key
+ * derivation by the CPU time it gets; on a busy machine that measurement can fail ("Unable to get
+ * accurate CPU usage"), which is retried a few times before failing loudly.
+ */
+export function qemuLuksQcow2(size = '16M'): string {
+  return cached(`empty-${size}-luks.qcow2`, (file) => {
+    const args = ['create', '-q', '-f', 'qcow2', '--object', 'secret,id=sec0,data=abc', '-o', 'encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=250', file, size];
+    for (let attempt = 1; ; attempt++) {
+      try {
+        run('qemu-img', args);
+        return;
+      } catch (e) {
+        if (attempt >= 5 || !/Unable to get accurate CPU usage/.test(String((e as { stderr?: string }).stderr ?? (e as Error).message))) throw e;
+      }
+    }
+  });
+}
