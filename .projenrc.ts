@@ -125,7 +125,7 @@ project.addTask('demo', {
 
 project.addTask('bench', {
   description: 'Run the benchmarks in bench/ and write their results beside them',
-  steps: [{ spawn: 'bundle' }, { exec: 'ts-node --transpile-only --project test/tsconfig.json bench/run.ts' }],
+  steps: [{ spawn: 'bundle' }, { exec: 'ts-node --transpile-only --project test/tsconfig.json bench/run.ts', receiveArgs: true }],
 });
 
 project.synth();

@@ -2,9 +2,11 @@
  * Runs the benchmarks: every module `bench/<name>.ts` (this file aside) that exports an async
  * `run()`, or only those named on the command line. Each result is written to
  * `bench/results/<name>.json` and printed as a table. The exit code is 1 when a target is missed.
+ * The names may also come from the `BENCH` environment variable (comma- or space-separated).
  *
  *   npm run bench                # all
- *   npm run bench -- inspect     # bench/inspect.ts only
+ *   BENCH=inspect npm run bench  # bench/inspect.ts only
+ *   BENCH=convert npm run bench  # bench/convert.ts only
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -26,6 +28,8 @@ export interface BenchResult {
   readonly passed: boolean;
   /** Anything the reader of the results should know. */
   readonly notes?: readonly string[];
+  /** Every figure behind the table, and the machine, for the results file (not printed). */
+  readonly details?: Readonly<Record<string, unknown>>;
 }
 
 /** A benchmark module. */
@@ -54,7 +58,8 @@ export function formatTable(result: BenchResult): string {
 }
 
 async function main(): Promise<void> {
-  const wanted = process.argv.slice(2);
+  const fromArgs = process.argv.slice(2);
+  const wanted = fromArgs.length ? fromArgs : (process.env.BENCH ?? '').split(/[\s,]+/).filter(Boolean);
   const all = modules();
   const unknown = wanted.filter((w) => !all.includes(w));
   if (unknown.length) throw new Error(`no benchmark named ${unknown.join(', ')} (there are: ${all.join(', ')})`);

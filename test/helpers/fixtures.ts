@@ -19,6 +19,8 @@ const TOOL_PACKAGES: Record<string, string> = {
   'qemu-img': 'qemu-utils',
   'sfdisk': 'fdisk',
   'mke2fs': 'e2fsprogs',
+  'debugfs': 'e2fsprogs',
+  'e2fsck': 'e2fsprogs',
   'mkfs.vfat': 'dosfstools',
   'mkfs.xfs': 'xfsprogs',
   'mkfs.btrfs': 'btrfs-progs',
