@@ -24,9 +24,9 @@ import { DeleteObjectsCommand, GetObjectTaggingCommand, ListObjectsV2Command, Pu
 import type { Context } from 'aws-lambda';
 import { loadCheckpoint, saveCheckpoint, deleteCheckpoint } from '../aws/checkpoint-store';
 import { createS3Client } from '../aws/s3';
-import { abortUploads, choosePartSize, maxOutputSize, S3MultipartSink, type S3SinkState } from '../aws/s3-sink';
+import { abortUploads, choosePartSize, maxOutputSize, S3MultipartSink, S3UploadError, type S3SinkState } from '../aws/s3-sink';
 import { S3ObjectError, S3Source } from '../aws/s3-source';
-import { convertResumable, type ConvertCheckpoint } from '../disk/convert';
+import { convertResumable, type ConvertCheckpoint, type Sink } from '../disk/convert';
 import { openForConversion, type ConversionInput } from '../disk/convert-source';
 import type { DiskImage } from '../disk/image';
 import { isTar, openOva } from '../disk/ova';
@@ -115,8 +115,23 @@ export async function handler(event: Payload<{ conversion?: ConversionState }>, 
     }
   }
 
+  try {
+    return await convertUnits(client, conv, doc, tail, budget, checkpointRef);
+  } catch (e) {
+    throw transient(e);
+  }
+}
+
+/** Converts the units from the checkpoint's on; returns the next `$.conversion`. */
+async function convertUnits(
+  client: S3Client,
+  conv: ConversionState,
+  doc: CheckpointDoc,
+  tail: Buffer,
+  budget: () => number,
+  checkpointRef: { bucket: string; key: string },
+): Promise<ConversionState> {
   const units = await listUnits(client, conv.disks);
-  // On failure the converter aborts its own upload; staged files go with the failure path's tidy-up.
   const outputs = [...doc.outputs];
   for (let u = doc.unit; u < units.length; u++) {
     const unit = units[u];
@@ -140,7 +155,17 @@ export async function handler(event: Payload<{ conversion?: ConversionState }>, 
           contentType: 'application/octet-stream',
         });
       const started = Date.now();
-      const result = await convertResumable(input.image, 'vmdk', sink, {
+      // The upload outlives a failed invocation, so that a retry resumes from the last checkpoint;
+      // the failure path's tidy-up aborts every upload of the execution.
+      const kept: Sink = {
+        get position() {
+          return sink.position;
+        },
+        write: (c) => sink.write(c),
+        close: () => sink.close(),
+        abort: async () => undefined,
+      };
+      const result = await convertResumable(input.image, 'vmdk', kept, {
         ...(resuming?.convert ? { resume: resuming.convert } : {}),
         shouldPause: () => budget() < RESERVE_MS,
         vmdk: { fileName: key.slice(key.lastIndexOf('/') + 1) },
@@ -161,6 +186,17 @@ export async function handler(event: Payload<{ conversion?: ConversionState }>, 
   if (conv.checkpoint) await deleteCheckpoint(client, conv.checkpoint);
   const { checkpoint: _dropped, ...rest } = conv;
   return { ...rest, done: true, outputs, progress: { unit: units.length, units: units.length, bytesDone: 0, total: 0 } };
+}
+
+/**
+ * A failed upload request (5xx or a dropped connection after the client's own retries) is
+ * `Transient`: the state machine retries the step, which resumes from the last checkpoint.
+ */
+function transient(e: unknown): unknown {
+  if (e instanceof S3UploadError && e.name === 'UploadFailed') {
+    return Object.assign(new Error(`${e.message} (the step is retried from its last checkpoint)`, { cause: e }), { name: 'Transient' });
+  }
+  return e;
 }
 
 async function pause(

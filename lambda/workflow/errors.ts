@@ -12,6 +12,7 @@ export type WorkflowErrorName =
   | 'InvalidInput'
   | 'InvalidImportOptions'
   | 'DuplicateImport'
+  | 'NotAnImage'
   | 'ImportLimitExceeded'
   | 'RoleNotReady'
   | 'ImportInProgress'
@@ -44,6 +45,16 @@ export class InvalidInputError extends WorkflowError {
 export class InvalidImportOptionsError extends WorkflowError {
   public constructor(message: string, options?: { cause?: unknown }) {
     super('InvalidImportOptions', message, options);
+  }
+}
+
+/**
+ * The object that started the execution is not an upload to import (a file the workflow staged
+ * itself): the state machine ends quietly.
+ */
+export class NotAnImageError extends WorkflowError {
+  public constructor(message: string) {
+    super('NotAnImage', message);
   }
 }
 

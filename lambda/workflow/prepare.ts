@@ -11,7 +11,7 @@
 // eslint-disable-next-line import/no-extraneous-dependencies
 import { GetObjectCommand, GetObjectTaggingCommand, HeadObjectCommand, type S3Client, type Tag } from '@aws-sdk/client-s3';
 import { ClientCache } from './client-cache';
-import { InvalidImportOptionsError, InvalidInputError, awsErrorInfo, transientOf } from './errors';
+import { InvalidImportOptionsError, NotAnImageError, awsErrorInfo, transientOf } from './errors';
 import { importTrigger, keyCandidates, unquote, unwrap } from './events';
 import {
   defaultAmiName,
@@ -55,14 +55,14 @@ export async function prepareWith(client: S3Client, event: unknown): Promise<Imp
   const { state, execution } = unwrap(event);
   const trigger = importTrigger(state);
   if (trigger.source.key.endsWith(SIDECAR_SUFFIX)) {
-    throw new InvalidInputError(
+    throw new NotAnImageError(
       `s3://${trigger.source.bucket}/${trigger.source.key} is an options sidecar, not an image: upload the image itself (the sidecar is read from <image key>${SIDECAR_SUFFIX})`,
     );
   }
   const staging = process.env[STAGING_PREFIX_VARIABLE];
   const staged = trigger.disks.find((d) => staging && d.key.startsWith(staging));
   if (staged) {
-    throw new InvalidInputError(`s3://${staged.bucket}/${staged.key} lies under ${staging}, where the workflow stages its own files: it is not an upload to import`);
+    throw new NotAnImageError(`s3://${staged.bucket}/${staged.key} lies under ${staging}, where the workflow stages its own files: it is not an upload to import`);
   }
   // The tags of the source object; reading them also finds the object (and its key, when an
   // event delivered it URL-encoded).

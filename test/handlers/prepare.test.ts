@@ -199,19 +199,19 @@ describe('prepare: the S3 event', () => {
     expect(request.options).toEqual({ mode: 'snapshot' });
   });
 
-  test('an object under the staging prefix is not an upload: InvalidInput', async () => {
+  test('an object under the staging prefix is not an upload: NotAnImage (the execution ends quietly)', async () => {
     // GIVEN / WHEN
     const failure = await run(s3Event('.vmie/converted/run-1/disk0.vmdk'), { VMIE_STAGING_PREFIX: '.vmie/' }).catch((e) => e);
     // THEN
-    expect(failure.name).toBe('InvalidInput');
+    expect(failure.name).toBe('NotAnImage');
     expect(failure.message).toContain('stages its own files');
   });
 
-  test('an event for the sidecar itself fails with InvalidInput', async () => {
+  test('an event for the sidecar itself is NotAnImage', async () => {
     // GIVEN / WHEN
     const failure = await run(s3Event('vms/bad/bad.vmdk.vmie.json')).catch((e) => e);
     // THEN
-    expect(failure.name).toBe('InvalidInput');
+    expect(failure.name).toBe('NotAnImage');
     expect(failure.message).toContain('sidecar');
   });
 
