@@ -264,6 +264,8 @@ export class VmImportWorkflow extends Construct {
       resultPath: '$.conversion',
     });
     const convertImage = convert.task(this, 'ConvertTask', 'Convert image', '$.conversion');
+    // A conversion killed by its timeout or its memory resumes from its last checkpoint.
+    convertImage.addRetry({ errors: ['Sandbox.Timedout', 'Lambda.Unknown', 'States.Timeout'], interval: Duration.seconds(10), backoffRate: 2, maxAttempts: 2 });
     const useConverted = new sfn.Pass(this, 'UseConverted', { stateName: 'Use converted disks', inputPath: '$.conversion.outputs', resultPath: '$.disks' });
     const useOriginal = new sfn.Pass(this, 'UseOriginal', { stateName: 'Use original disks', inputPath: '$.validation.importDisks', resultPath: '$.disks' });
 

@@ -297,6 +297,7 @@ function log(entry: Record<string, unknown>): void {
 /** The input of `tidy`: the workflow's payload, or the status-change event of a timed out or aborted execution. */
 export interface TidyEvent extends Payload<{
   request?: { disks?: readonly DiskObject[] };
+  result?: unknown;
   conversion?: ConversionState;
   error?: unknown;
   failure?: unknown;
@@ -334,7 +335,10 @@ export async function tidy(event: TidyEvent): Promise<TidyResult> {
   } while (token);
   const taggedProcessed: string[] = [];
   const state = event?.state;
-  const succeeded = state !== undefined && state.error === undefined && state.failure === undefined && event.detail === undefined;
+  // Only an import that made its AMI marks its images processed (a lifecycle rule may expire
+  // them); a failure, a duplicate that deferred to another execution, or a timeout does not.
+  const succeeded = state !== undefined && state.result !== undefined
+    && state.error === undefined && state.failure === undefined && event.detail === undefined;
   if (succeeded) {
     for (const d of state.request?.disks ?? []) {
       if (d.bucket !== bucket) continue;

@@ -183,10 +183,17 @@ export async function finalizeImport(clients: FinalizeClients, event: unknown, n
     copies,
     sharedWith,
     ...(imageBuilderImageArn ? { imageBuilderImageArn } : {}),
+    findings: findingCodesOf(state),
     durationSeconds: secondsSince(execution.startTime, now()),
   };
   log('info', 'import finalized', { ...result });
   return result;
+}
+
+/** The validate step's finding codes, when the state has them. */
+function findingCodesOf(state: ImportState): string[] {
+  const codes = (state as { validation?: { findingCodes?: unknown } }).validation?.findingCodes;
+  return Array.isArray(codes) ? codes.filter((c): c is string => typeof c === 'string') : [];
 }
 
 async function importToImageBuilder(clients: FinalizeClients, state: ImportState, clientToken: string): Promise<string> {

@@ -5,7 +5,15 @@
  */
 // The SDK is bundled into the Lambda assets by esbuild, hence a dev dependency.
 // eslint-disable-next-line import/no-extraneous-dependencies
-import { ImportImageCommand, ImportSnapshotCommand, type EC2Client, type ImportImageRequest, type ImportSnapshotRequest } from '@aws-sdk/client-ec2';
+import {
+  DescribeImportImageTasksCommand,
+  ImportImageCommand,
+  ImportSnapshotCommand,
+  type EC2Client,
+  type ImportImageRequest,
+  type ImportImageTask,
+  type ImportSnapshotRequest,
+} from '@aws-sdk/client-ec2';
 import { DuplicateImportError, ImportLimitExceededError, InvalidImportOptionsError, RoleNotReadyError, awsErrorInfo, transientOf } from './errors';
 import { derivedToken } from './import-options';
 import { disksOf, ec2Tags, importPayload, requestOf } from './import-state';
@@ -26,7 +34,7 @@ export async function startImport(ec2: EC2Client, event: unknown, env: NodeJS.Pr
   checkDetected(request, bootMode);
   const roleName = env[ROLE_NAME_VARIABLE] || undefined;
   const description = options.description ?? `Imported by vmie from s3://${request.source.bucket}/${request.source.key}`;
-  const tags = ec2Tags({ ...options.tags, [EXECUTION_TAG]: execution.id });
+  const tags = ec2Tags({ ...options.tags, [EXECUTION_TAG]: execution.id, [CLIENT_TOKEN_TAG]: request.clientToken });
   const startedAt = new Date().toISOString();
 
   if (mode === 'image') {
@@ -47,7 +55,22 @@ export async function startImport(ec2: EC2Client, event: unknown, env: NodeJS.Pr
       TagSpecifications: [{ ResourceType: 'import-image-task', Tags: tags }],
       ...(roleName ? { RoleName: roleName } : {}),
     };
-    const out = await call('ImportImage', () => ec2.send(new ImportImageCommand(input)));
+    let out;
+    try {
+      out = await call('ImportImage', () => ec2.send(new ImportImageCommand(input)));
+    } catch (e) {
+      if (!(e instanceof DuplicateImportError)) throw e;
+      // The token was used before. If that import is running or done, this execution is a
+      // duplicate; if every import with it failed, the upload is imported anew under a token
+      // derived from the failed tasks (the same for every execution that sees them, so a
+      // duplicate of the new attempt is still caught).
+      const earlier = await tasksWithToken(ec2, request.clientToken);
+      const live = earlier.find((t) => t.Status !== 'deleted' && t.Status !== 'deleting');
+      if (live || earlier.length === 0) throw e;
+      const retryToken = derivedToken(request.clientToken, `after:${earlier.map((t) => t.ImportTaskId).sort().join(',')}`);
+      log('info', 'earlier import of the same objects failed: starting anew', { execution: execution.id, failedTasks: earlier.map((t) => t.ImportTaskId) });
+      out = await call('ImportImage', () => ec2.send(new ImportImageCommand({ ...input, ClientToken: retryToken })));
+    }
     if (!out.ImportTaskId) throw new Error('ImportImage answered without an ImportTaskId');
     log('info', 'import started', { execution: execution.id, mode, importTaskId: out.ImportTaskId, status: out.Status, disks: disks.length, clientToken: request.clientToken });
     return { mode, importTaskId: out.ImportTaskId, startedAt };
@@ -86,6 +109,22 @@ function checkDetected(request: ImportRequest, bootMode: string | undefined): vo
         'drop encrypted/kmsKeyId and licenseConfigurationArns, or use mode "snapshot" and encrypt the snapshots',
     );
   }
+}
+
+/** The tag that carries the request's client token on its import tasks. */
+export const CLIENT_TOKEN_TAG = 'vmie:client-token';
+
+/** The import image tasks started with `token` (found by their tag), every state. */
+async function tasksWithToken(ec2: EC2Client, token: string): Promise<ImportImageTask[]> {
+  const tasks: ImportImageTask[] = [];
+  let next: string | undefined;
+  do {
+    const page = await call('DescribeImportImageTasks', () =>
+      ec2.send(new DescribeImportImageTasksCommand({ Filters: [{ Name: `tag:${CLIENT_TOKEN_TAG}`, Values: [token] }], NextToken: next })));
+    tasks.push(...(page.ImportImageTasks ?? []));
+    next = page.NextToken;
+  } while (next);
+  return tasks;
 }
 
 /** Runs one EC2 call and names its failure for the state machine. */

@@ -136,6 +136,8 @@ export interface ImportResult {
   readonly sharedWith: SharedWith;
   /** The Image Builder image, when `options.imageBuilder` was set. */
   readonly imageBuilderImageArn?: string;
+  /** The codes of the validate step's findings (warnings and what the conversion fixed), worst first. */
+  readonly findings: readonly string[];
   /** From the start of the execution to the end of finalize. */
   readonly durationSeconds: number;
 }

@@ -135,7 +135,7 @@ describe('start', () => {
     });
     expect(Object.entries(params).find(([k]) => /^LicenseSpecification\w*\.1\.LicenseConfigurationArn$/.test(k))?.[1]).toBe(LICENSE_ARN);
     expect(params.UsageOperation).toBeUndefined();
-    expect(tagParams(params, 'TagSpecification.1.Tag')).toEqual({ 'Team': 'web', 'Env': 'prod', 'vmie:execution': exec.id });
+    expect(tagParams(params, 'TagSpecification.1.Tag')).toEqual({ 'Team': 'web', 'Env': 'prod', 'vmie:execution': exec.id, 'vmie:client-token': params.ClientToken });
     // The simulator holds the task as the service would.
     const task = ec2.importImageTasks().find((t) => t.ImportTaskId === started.importTaskId)!;
     expect(task.Tags).toEqual(expect.arrayContaining([{ Key: 'vmie:execution', Value: exec.id }]));
@@ -199,7 +199,7 @@ describe('start', () => {
     for (const p of calls) {
       expect(p.ClientToken).toMatch(/^[0-9a-f]{64}$/);
       expect(p).toMatchObject({ 'Encrypted': 'true', 'RoleName': ROLE, 'DiskContainer.Format': 'VMDK', 'TagSpecification.1.ResourceType': 'import-snapshot-task' });
-      expect(tagParams(p, 'TagSpecification.1.Tag')).toEqual({ 'Team': 'web', 'vmie:execution': exec.id });
+      expect(tagParams(p, 'TagSpecification.1.Tag')).toEqual({ 'Team': 'web', 'vmie:execution': exec.id, 'vmie:client-token': req.clientToken });
     }
   });
 
@@ -469,6 +469,16 @@ describe('register (snapshot mode)', () => {
 });
 
 describe('finalize', () => {
+  test('the result carries the validate step\'s finding codes, for the success event', async () => {
+    // GIVEN: a completed import whose validation found two things
+    const exec = execution(60);
+    const state = await importedState(request({}), exec);
+    // WHEN
+    const result = await invoke(finalize, { state: { ...state, validation: { findingCodes: ['COMPRESSED_WRAPPER', 'NOT_STREAM_OPTIMIZED'] } }, execution: exec });
+    // THEN
+    expect(result.findings).toEqual(['COMPRESSED_WRAPPER', 'NOT_STREAM_OPTIMIZED']);
+  });
+
   test('tags, shares, copies and the Image Builder image; a retry makes nothing twice', async () => {
     // GIVEN: a completed image-mode import
     const exec = execution(3600);
@@ -498,6 +508,7 @@ describe('finalize', () => {
       ],
       sharedWith: { accounts: ['210987654321'], organizationArns: [ORG_ARN], organizationalUnitArns: [OU_ARN] },
       imageBuilderImageArn: expect.stringMatching(/^arn:aws:imagebuilder:us-east-1:\d{12}:image\/web-server\/1\.2\.3\/1$/),
+      findings: [],
       durationSeconds: expect.any(Number),
     });
     expect(result.durationSeconds).toBeGreaterThanOrEqual(3600);
