@@ -1,7 +1,5 @@
 import { ArnFormat, Duration, Stack, Token } from 'aws-cdk-lib';
 import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
-import * as events from 'aws-cdk-lib/aws-events';
-import * as targets from 'aws-cdk-lib/aws-events-targets';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import * as logs from 'aws-cdk-lib/aws-logs';
 import * as s3 from 'aws-cdk-lib/aws-s3';
@@ -9,8 +7,8 @@ import * as sns from 'aws-cdk-lib/aws-sns';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import * as tasks from 'aws-cdk-lib/aws-stepfunctions-tasks';
 import { Construct } from 'constructs';
-import { acknowledgeResourceWildcard } from './private/nag';
 import { WorkflowFunction } from './private/workflow-function';
+import { describeFailure, workflowStateMachine } from './private/workflow-parts';
 import type { IVmieServiceRole } from './service-role';
 
 const EXPORT_EVENT_SOURCE = 'vmie.export';
@@ -223,20 +221,9 @@ export class VmExportWorkflow extends Construct {
       successTail = publish('PublishSuccess', 'Publish success', 'VM export succeeded', '$.status').next(exported);
       failureTail = publish('PublishFailure', 'Publish failure', 'VM export failed', '$.failure').next(failed);
     }
-    const describeFailure = new sfn.Pass(this, 'DescribeFailure', {
-      stateName: 'Describe failure',
-      parameters: {
-        'error.$': '$.error.Error',
-        'reason.$': '$.error.Cause',
-        'remedy': 'See the execution\'s history; the export task, if any, may still need cancelling (the clean-up failed).',
-        'status': 'FAILED',
-        'execution.$': '$$.Execution.Id',
-        'cancelledTasks': [],
-      },
-      resultPath: '$.failure',
-    });
-    cancelExport.addCatch(describeFailure, { errors: ['States.ALL'], resultPath: '$.cleanupError' });
-    describeFailure.next(notifyFailure);
+    const failureDescribed = describeFailure(this, 'export');
+    cancelExport.addCatch(failureDescribed, { errors: ['States.ALL'], resultPath: '$.cleanupError' });
+    failureDescribed.next(notifyFailure);
     cancelExport.next(notifyFailure).next(failureTail);
     for (const t of [checkConstraints, startExport, checkExport]) {
       t.addCatch(cancelExport, { errors: ['States.ALL'], resultPath: '$.error' });
@@ -251,26 +238,14 @@ export class VmExportWorkflow extends Construct {
       .next(successTail);
     noEncryption.next(checkConstraints);
 
-    const smLogs = new logs.LogGroup(this, 'StateMachineLogs', { retention });
-    this.stateMachine = new sfn.StateMachine(this, 'StateMachine', {
-      definitionBody: sfn.DefinitionBody.fromChainable(definition),
-      stateMachineType: sfn.StateMachineType.STANDARD,
+    this.stateMachine = workflowStateMachine(this, {
+      definition,
       timeout: props.timeout ?? Duration.days(1),
-      tracingEnabled: true,
-      logs: { destination: smLogs, level: sfn.LogLevel.ALL, includeExecutionData: false },
+      retention,
       comment: 'VM export: an AMI or an instance becomes a VM file in the export bucket',
-    });
-    for (const f of [preflight, start, check, cleanup]) f.acknowledgeInvoke(this.stateMachine.role);
-    acknowledgeResourceWildcard(this.stateMachine.role, '*', 'X-Ray tracing and CloudWatch Logs delivery actions support no resource-level permissions.');
-
-    new events.Rule(this, 'CleanupRule', {
-      description: 'Cancels the export task of timed out or aborted VM exports',
-      eventPattern: {
-        source: ['aws.states'],
-        detailType: ['Step Functions Execution Status Change'],
-        detail: { status: ['TIMED_OUT', 'ABORTED'], stateMachineArn: [this.stateMachine.stateMachineArn] },
-      },
-      targets: [new targets.LambdaFunction(cleanup.function)],
+      functions: [preflight, start, check, cleanup],
+      onStop: [cleanup],
+      onStopDescription: 'Cancels the export task of timed out or aborted VM exports',
     });
   }
 

@@ -10,8 +10,8 @@ import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import * as tasks from 'aws-cdk-lib/aws-stepfunctions-tasks';
 import { Construct } from 'constructs';
 import { importOptionsProblems, renderImportOptions, type ImportOptions } from './import-options';
-import { acknowledgeResourceWildcard } from './private/nag';
 import { WorkflowFunction } from './private/workflow-function';
+import { describeFailure, workflowStateMachine } from './private/workflow-parts';
 import type { IVmieServiceRole } from './service-role';
 
 const STAGING_PREFIX = '.vmie/';
@@ -330,20 +330,9 @@ export class VmImportWorkflow extends Construct {
     removeStaged.addCatch(notifyFailure, { errors: ['States.ALL'], resultPath: '$.tidyError' });
     cancelImport.next(removeStaged).next(notifyFailure).next(failureTail);
     // When the clean-up itself fails, the failure is described from the error caught.
-    const describeFailure = new sfn.Pass(this, 'DescribeFailure', {
-      stateName: 'Describe failure',
-      parameters: {
-        'error.$': '$.error.Error',
-        'reason.$': '$.error.Cause',
-        'remedy': 'See the execution\'s history; the import task, if any, may still need cancelling (the clean-up failed).',
-        'status': 'FAILED',
-        'execution.$': '$$.Execution.Id',
-        'cancelledTasks': [],
-      },
-      resultPath: '$.failure',
-    });
-    cancelImport.addCatch(describeFailure, { errors: ['States.ALL'], resultPath: '$.cleanupError' });
-    describeFailure.next(removeStaged);
+    const failureDescribed = describeFailure(this, 'import');
+    cancelImport.addCatch(failureDescribed, { errors: ['States.ALL'], resultPath: '$.cleanupError' });
+    failureDescribed.next(removeStaged);
 
     for (const t of [readOptions, validateImage, convertImage, startImport, checkImport, registerImage, finalizeImage, tidyUp, dropDuplicate]) {
       t.addCatch(cancelImport, { errors: ['States.ALL'], resultPath: '$.error' });
@@ -364,28 +353,16 @@ export class VmImportWorkflow extends Construct {
         .when(sfn.Condition.booleanEquals('$.validation.needsConversion', true), planConversion.next(convertImage).next(conversionDone))
         .otherwise(useOriginal.next(importChain)));
 
-    const smLogs = new logs.LogGroup(this, 'StateMachineLogs', { retention });
-    this.stateMachine = new sfn.StateMachine(this, 'StateMachine', {
-      definitionBody: sfn.DefinitionBody.fromChainable(definition),
-      stateMachineType: sfn.StateMachineType.STANDARD,
-      timeout: props.timeout ?? Duration.days(3),
-      tracingEnabled: true,
-      logs: { destination: smLogs, level: sfn.LogLevel.ALL, includeExecutionData: false },
-      comment: 'VM import: an image in the import bucket becomes an AMI',
-    });
-    for (const f of [prepare, validate, convert, tidy, start, check, register, finalize, cleanup]) f.acknowledgeInvoke(this.stateMachine.role);
-    acknowledgeResourceWildcard(this.stateMachine.role, '*', 'X-Ray tracing and CloudWatch Logs delivery actions support no resource-level permissions.');
-
     // Timeout and abort end the execution without running a state: the same clean-up runs from
     // the execution's status change.
-    new events.Rule(this, 'CleanupRule', {
-      description: 'Cancels the import task and aborts uploads of timed out or aborted VM imports',
-      eventPattern: {
-        source: ['aws.states'],
-        detailType: ['Step Functions Execution Status Change'],
-        detail: { status: ['TIMED_OUT', 'ABORTED'], stateMachineArn: [this.stateMachine.stateMachineArn] },
-      },
-      targets: [new targets.LambdaFunction(cleanup.function), new targets.LambdaFunction(tidy.function)],
+    this.stateMachine = workflowStateMachine(this, {
+      definition,
+      timeout: props.timeout ?? Duration.days(3),
+      retention,
+      comment: 'VM import: an image in the import bucket becomes an AMI',
+      functions: [prepare, validate, convert, tidy, start, check, register, finalize, cleanup],
+      onStop: [cleanup, tidy],
+      onStopDescription: 'Cancels the import task and aborts uploads of timed out or aborted VM imports',
     });
 
     if (props.enableTrigger ?? true) {

@@ -22,6 +22,7 @@
 // eslint-disable-next-line import/no-extraneous-dependencies
 import { DeleteObjectsCommand, GetObjectTaggingCommand, ListObjectsV2Command, PutObjectTaggingCommand, type S3Client } from '@aws-sdk/client-s3';
 import type { Context } from 'aws-lambda';
+import type { ObjectRead } from './validate';
 import { loadCheckpoint, saveCheckpoint, deleteCheckpoint } from '../aws/checkpoint-store';
 import { createS3Client } from '../aws/s3';
 import { abortUploads, choosePartSize, maxOutputSize, S3MultipartSink, S3UploadError, type S3SinkState } from '../aws/s3-sink';
@@ -31,34 +32,14 @@ import { openForConversion, type ConversionInput } from '../disk/convert-source'
 import type { DiskImage } from '../disk/image';
 import { isTar, openOva } from '../disk/ova';
 import type { ByteSource } from '../disk/source';
+import { InvalidInputError } from '../workflow/errors';
+import type { ConversionSlot, ImportDisk } from '../workflow/payload';
 
 /** One S3 object as the validate step read it. */
-export interface DiskObject {
-  readonly bucket: string;
-  readonly key: string;
-  readonly versionId?: string;
-  readonly etag?: string;
-  readonly size?: number;
-}
-
-/** A disk ready for ImportImage. */
-export interface ImportDisk {
-  readonly bucket: string;
-  readonly key: string;
-  readonly format: 'OVA' | 'VMDK' | 'VHD' | 'VHDX' | 'RAW';
-}
+export type DiskObject = Pick<ObjectRead, 'bucket' | 'key' | 'versionId' | 'etag'> & { readonly size?: number };
 
 /** The `$.conversion` slot of the state: the input of each invocation, and its output. */
-export interface ConversionState {
-  readonly done: boolean;
-  readonly disks: readonly DiskObject[];
-  readonly target: 'vmdk';
-  readonly outputBucket: string;
-  readonly outputPrefix: string;
-  readonly checkpoint?: { readonly bucket: string; readonly key: string };
-  readonly outputs?: readonly ImportDisk[];
-  readonly progress?: { readonly unit: number; readonly units?: number; readonly bytesDone: number; readonly total: number };
-}
+export type ConversionState = Omit<ConversionSlot, 'disks'> & { readonly disks: readonly DiskObject[] };
 
 /** What a checkpoint object holds (with the upload's unsent bytes as its tail). */
 interface CheckpointDoc {
@@ -71,13 +52,6 @@ interface CheckpointDoc {
   readonly sink?: S3SinkState;
 }
 
-/** The input is not of the expected shape. */
-export class InvalidInputError extends Error {
-  public constructor(message: string) {
-    super(message);
-    this.name = 'InvalidInput';
-  }
-}
 
 /** Time kept in reserve at the end of an invocation: drain the compressors, upload a part, checkpoint. */
 const RESERVE_MS = 90_000;

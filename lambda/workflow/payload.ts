@@ -82,7 +82,8 @@ export interface ConversionSlot {
   readonly outputPrefix: string;
   readonly checkpoint?: { readonly bucket: string; readonly key: string };
   readonly outputs?: readonly ImportDisk[];
-  readonly progress?: { readonly bytesDone: number; readonly total: number };
+  /** Where the conversion is: the disk (unit) being converted, of how many, and its bytes. */
+  readonly progress?: { readonly unit?: number; readonly units?: number; readonly bytesDone: number; readonly total: number };
 }
 
 /** `$.import`, written by start. */
