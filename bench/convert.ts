@@ -21,7 +21,7 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import type { BenchResult, Cell } from './run';
+import { once, type BenchResult, type Cell } from './run';
 import { convert, FileSink } from '../lambda/disk/convert';
 import type { Sink } from '../lambda/disk/convert';
 import type { DiskImage } from '../lambda/disk/image';
@@ -188,16 +188,6 @@ function sha256Of(file: string): string {
     fs.closeSync(fd);
   }
   return h.digest('hex');
-}
-
-/** Builds `file` with `build` unless it is there already (written to a temporary name first). */
-function once(file: string, build: (tmp: string) => void): string {
-  if (fs.existsSync(file)) return file;
-  const tmp = `${file}.tmp`;
-  fs.rmSync(tmp, { force: true });
-  build(tmp);
-  fs.renameSync(tmp, file);
-  return file;
 }
 
 /** A copy of the sparse file `from` at `to`, holes kept. */

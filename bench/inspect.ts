@@ -10,7 +10,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { BenchResult, Cell } from './run';
+import { once, type BenchResult, type Cell } from './run';
 import { S3Source } from '../lambda/aws/s3-source';
 import { inspect, type InspectionReport } from '../lambda/disk/inspect';
 import { FileSource, type ByteSource } from '../lambda/disk/source';
@@ -54,16 +54,6 @@ const SIZES: ReadonlyArray<{ label: string; bytes: number }> = [
   { label: '1GiB', bytes: GiB },
   { label: '1TiB', bytes: TiB },
 ];
-
-/** Builds `file` with `build` unless it is there already (written to a temporary name first). */
-function once(file: string, build: (tmp: string) => void): string {
-  if (fs.existsSync(file)) return file;
-  const tmp = `${file}.tmp`;
-  fs.rmSync(tmp, { force: true });
-  build(tmp);
-  fs.renameSync(tmp, file);
-  return file;
-}
 
 /** A sparse raw disk of `bytes`: GPT, a 100 MiB ESP (FAT32) and an ext4 root over the rest. */
 function baseDisk(label: string, bytes: number): string {

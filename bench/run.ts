@@ -57,6 +57,16 @@ export function formatTable(result: BenchResult): string {
   return [line([...result.columns]), line(widths.map((w) => '-'.repeat(w))), ...result.rows.map((r) => line(result.columns.map((c) => cell(r[c]))))].join('\n');
 }
 
+/** Builds `file` with `build` unless it is there already (written to a temporary name first). */
+export function once(file: string, build: (tmp: string) => void): string {
+  if (fs.existsSync(file)) return file;
+  const tmp = `${file}.tmp`;
+  fs.rmSync(tmp, { force: true });
+  build(tmp);
+  fs.renameSync(tmp, file);
+  return file;
+}
+
 async function main(): Promise<void> {
   const fromArgs = process.argv.slice(2);
   const wanted = fromArgs.length ? fromArgs : (process.env.BENCH ?? '').split(/[\s,]+/).filter(Boolean);
