@@ -489,6 +489,15 @@ export async function abortUploads(client: S3Client, bucket: string, prefix: str
   }
 }
 
+/** A value of a stored state for a message; never throws (a stored object may have any shape). */
+function shown(value: unknown): string {
+  try {
+    return JSON.stringify(value) ?? typeof value;
+  } catch {
+    return typeof value;
+  }
+}
+
 /**
  * Checks a state read from a checkpoint against itself and its tail; returns it when it holds
  * together, else throws {@link CheckpointInvalid}. Never makes a request.
@@ -508,16 +517,16 @@ export function checkSinkState(state: unknown, tail: Buffer): S3SinkState {
   const key = text('key');
   const uploadId = text('uploadId');
   const partSize = s.partSize;
-  if (typeof partSize !== 'number' || !isPartSize(partSize)) return bad(`partSize ${String(partSize)} is not a part size S3 accepts`);
+  if (typeof partSize !== 'number' || !isPartSize(partSize)) return bad(`partSize ${shown(partSize)} is not a part size S3 accepts`);
   if (!Array.isArray(s.parts) || s.parts.length > MAX_PARTS) return bad(`parts is not a list of at most ${MAX_PARTS} parts`);
   const parts = s.parts.map((p: unknown, i: number) => {
     const part = (typeof p === 'object' && p !== null ? p : {}) as Record<string, unknown>;
-    if (part.PartNumber !== i + 1) bad(`part ${i + 1} has the number ${String(part.PartNumber)}`);
+    if (part.PartNumber !== i + 1) bad(`part ${i + 1} has the number ${shown(part.PartNumber)}`);
     if (typeof part.ETag !== 'string' || part.ETag.length === 0 || part.ETag.length > 1024) bad(`part ${i + 1} has no ETag`);
     return { PartNumber: i + 1, ETag: part.ETag as string };
   });
   const position = s.position;
-  if (typeof position !== 'number' || !Number.isSafeInteger(position)) return bad(`position ${String(position)} is not a whole number`);
+  if (typeof position !== 'number' || !Number.isSafeInteger(position)) return bad(`position ${shown(position)} is not a whole number`);
   if (!Buffer.isBuffer(tail) || tail.length >= partSize) return bad(`a tail of ${tail?.length} bytes is not less than a part (${partSize} bytes)`);
   if (position !== parts.length * partSize + tail.length) {
     return bad(`position ${position} is not ${parts.length} parts of ${partSize} bytes and a tail of ${tail.length} bytes`);
